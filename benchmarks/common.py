@@ -1,0 +1,55 @@
+"""Shared pieces of the benchmarks: the demo data at a photon level, and PSNR of a model on it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from photongap.model import GapModel
+from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
+
+OUTPUT = Path(__file__).resolve().parents[1] / "bench-output"
+
+
+def demo_split(photons_per_pixel: float, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Noisy training images, noisy test images and clean test images at one photon level."""
+    data = load_sample_data()
+    rng = np.random.default_rng(seed)
+    train = [simulate_counts(image, photons_per_pixel, rng) for image in data.train]
+    test_rng = np.random.default_rng(seed + 1)
+    clean = [clean_at_level(image, photons_per_pixel) for image in data.test]
+    test = [test_rng.poisson(image).astype(np.float32) for image in clean]
+    return train, test, clean
+
+
+def mean_psnr(model: GapModel, test: list[np.ndarray], clean: list[np.ndarray], **denoise_options) -> float:
+    """Average PSNR of the model's MMSE estimates against the clean images (photon units of the input)."""
+    return statistics.fmean(psnr(c, model.denoise(t, **denoise_options)) for t, c in zip(test, clean))
+
+
+def noisy_psnr(test: list[np.ndarray], clean: list[np.ndarray]) -> float:
+    return statistics.fmean(psnr(c, t) for t, c in zip(test, clean))
+
+
+def median_time(function, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls (after one warm-up call)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def report(name: str, results: dict) -> None:
+    """Print a result as JSON and keep it under bench-output/NAME.json."""
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / f"{name}.json").write_text(json.dumps(results, indent=2))
+    json.dump(results, sys.stdout, indent=2)
+    print()

@@ -1,0 +1,379 @@
+"""The ``photongap`` command: parse options, build configs, call the library. No logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from photongap.errors import PhotongapError
+
+app = typer.Typer(
+    help="Remove shot noise from photon-limited images with GAP (Generative Accumulation of Photons).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Units(str, Enum):
+    photons = "photons"
+    adu = "adu"
+
+
+DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto (CUDA if available), cpu or cuda.")]
+GainOption = Annotated[Optional[float], typer.Option(help="Camera gain in ADU per photon: counts = (value - offset) / gain.")]
+OffsetOption = Annotated[Optional[float], typer.Option(help="Camera offset in ADU (see --gain).")]
+CalibrationOption = Annotated[Optional[Path], typer.Option(help="calibration.json from 'photongap calibrate' (gain and offset).")]
+AxesOption = Annotated[Optional[str], typer.Option(help="Axes of ambiguous inputs, one letter of TCZYX per dimension, e.g. TYX.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _camera(gain: float | None, offset: float | None, calibration: Path | None):
+    from photongap.pipeline import Camera
+
+    if calibration is not None:
+        if gain is not None or offset is not None:
+            raise PhotongapError("give either --calibration or --gain/--offset, not both")
+        from photongap.calibration import Calibration
+
+        loaded = Calibration.load(calibration)
+        return Camera(gain=loaded.gain, offset=loaded.offset)
+    return Camera(gain=gain, offset=offset)
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Argument(help="Noisy photon-count images or folders (TIFF, OME-TIFF, .npy, PNG, Zarr).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: model.pt, last.ckpt, metrics.csv, loss.png.")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML with 'model' and 'training' sections; flags override it.")] = None,
+    preset: Annotated[str, typer.Option(help="Starting configuration: default, or paper (the published one).")] = "default",
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many minutes and save the model as if done.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of images (or rows of a single image) held out for validation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of patches, splits and initial weights.")] = None,
+    device: DeviceOption = Device.auto,
+    devices: Annotated[str, typer.Option(help="Devices (processes) per node, passed to Lightning.")] = "1",
+    num_nodes: Annotated[int, typer.Option(help="Nodes, passed to Lightning.")] = 1,
+    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. ddp.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.ckpt.")] = False,
+    gain: GainOption = None,
+    offset: OffsetOption = None,
+    calibration: CalibrationOption = None,
+    axes: AxesOption = None,
+) -> None:
+    """Train a GAP model on noisy photon counts alone (self-supervised)."""
+    from photongap import config as configs
+    from photongap.io import find_images
+    from photongap.pipeline import training_planes
+    from photongap.training import train as run_training
+
+    saved = out / "config.yaml"
+    base = configs.preset(preset)
+    if resume and saved.exists():
+        base = configs.load_yaml(saved, base)
+    model_config, train_config = configs.load_yaml(config, base) if config else base
+    train_config = configs.override(
+        train_config,
+        steps=steps,
+        batch_size=batch_size,
+        patch_size=patch_size,
+        learning_rate=learning_rate,
+        time_limit_minutes=time_limit,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    planes, names = training_planes(find_images(data), axes, _camera(gain, offset, calibration))
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        saved.write_text(configs.dump_yaml(model_config, train_config))
+    result = run_training(
+        planes,
+        out,
+        model_config=model_config,
+        train_config=train_config,
+        names=names,
+        device=device.value,
+        devices=int(devices) if devices.isdigit() else devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        resume=resume,
+    )
+    if result.model_path.exists():
+        how = "stopped at the time limit" if result.stopped_early else "done"
+        console.print(f"[green]{how}[/]: {result.steps} steps in {result.elapsed_s / 60:.1f} min; model written to {result.model_path}")
+
+
+@app.command()
+def denoise(
+    model: Annotated[Path, typer.Argument(help="model.pt from 'photongap train'.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders to denoise.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (one input) or folder.")],
+    tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 = whole planes at once.")] = 512,
+    overlap: Annotated[int, typer.Option(help="Context shared by neighbouring tiles, in pixels.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Tiles per network call.")] = 4,
+    device: DeviceOption = Device.auto,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where fast), fp32 or bf16.")] = "auto",
+    gain: GainOption = None,
+    offset: OffsetOption = None,
+    calibration: CalibrationOption = None,
+    output_units: Annotated[Units, typer.Option(help="photons (the input exposure's photon units) or adu (needs gain/offset).")] = Units.photons,
+    axes: AxesOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """MMSE-denoise images. Output: float32 TIFF (or .npy/.zarr) of the same shape and axes as each
+    input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
+    or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
+    from photongap.io import find_images, output_path
+    from photongap.model import load
+    from photongap.pipeline import denoise_file, read_images, total_tiles
+
+    camera = _camera(gain, offset, calibration)
+    network = load(model)
+    paths = find_images(inputs)
+    images = read_images(paths, axes, camera)
+    targets = [output_path(image.path, out, n_inputs=len(images)) for image in images]
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
+    tile_size = tile or None
+    with _progress() as progress:
+        task = progress.add_task("denoising", total=total_tiles(network, images, tile_size, overlap), status="tiles")
+        for image, target in zip(images, targets):
+            progress.update(task, status=image.path.name)
+            denoise_file(
+                network,
+                image,
+                target,
+                camera=camera,
+                output_units=output_units.value,
+                tile=tile_size,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=device.value,
+                precision=precision,
+                overwrite=overwrite,
+                progress=lambda done: progress.advance(task, done),
+            )
+    console.print(f"[green]denoised[/] {len(images)} image(s) into {out}")
+
+
+def _schedule(beta: float, beta_max: float | None):
+    from photongap.sampling import PhotonSchedule
+
+    try:
+        return PhotonSchedule(beta=beta, beta_max=beta_max)
+    except ValueError as error:
+        raise PhotongapError(str(error)) from None
+
+
+@contextlib.contextmanager
+def _sampling_progress(label: str, target_psnr: float | None) -> Iterator:
+    """A progress bar over sampling steps showing photons per pixel; yields an on_step callback."""
+    with _progress() as progress:
+        task = progress.add_task(label, total=None, status="")
+
+        def on_step(state) -> None:
+            level = float(state.photons_per_pixel.min())
+            goal = f" / {10 ** (target_psnr / 10):.3g}" if target_psnr is not None else ""
+            progress.update(task, completed=state.step, status=f"{level:.3g}{goal} photons/px")
+
+        yield on_step
+
+
+@app.command()
+def sample(
+    model: Annotated[Path, typer.Argument(help="model.pt from 'photongap train'.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Noisy images or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
+    target_psnr: Annotated[Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons.")] = 20.0,
+    target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = 0.1,
+    beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright (fewer steps).")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 16,
+    device: DeviceOption = Device.auto,
+    movie: Annotated[Optional[Path], typer.Option(help="GIF/MP4 of the first sample of the first image accumulating photons.")] = None,
+    gain: GainOption = None,
+    offset: OffsetOption = None,
+    calibration: CalibrationOption = None,
+    output_units: Annotated[Units, typer.Option(help="photons or adu.")] = Units.photons,
+    axes: AxesOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Diversity denoising: posterior samples, their mean and per-pixel std (NAME_samples/_mean/_std.tif),
+    in the photon units of the input. Stacks are sampled plane by plane."""
+    from photongap.io import find_images
+    from photongap.model import load
+    from photongap.movie import MovieRecorder
+    from photongap.pipeline import read_images, sample_file
+
+    if target_photons is not None:
+        target_psnr = None
+    camera = _camera(gain, offset, calibration)
+    schedule = _schedule(beta, beta_max)
+    network = load(model)
+    images = read_images(find_images(inputs), axes, camera)
+    recorder = MovieRecorder() if movie else None
+    for number, image in enumerate(images):
+        with _sampling_progress(f"sampling {image.path.name}", target_psnr) as on_step:
+
+            def step(state, record=recorder is not None and number == 0) -> None:
+                on_step(state)
+                if record:
+                    recorder(state)
+
+            paths, calls = sample_file(
+                network,
+                image,
+                out,
+                n=n,
+                camera=camera,
+                output_units=output_units.value,
+                overwrite=overwrite,
+                target_psnr=target_psnr,
+                target_photons=target_photons,
+                schedule=schedule,
+                seed=seed,
+                batch_size=batch_size,
+                device=device.value,
+                on_step=step,
+            )
+        console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in paths)}")
+    if recorder is not None:
+        recorder.save(movie)
+        console.print(f"movie written to {movie}")
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Argument(help="model.pt (best trained with --preset paper: the full range of photon levels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
+    size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
+    n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,
+    target_psnr: Annotated[float, typer.Option(help="Stop at this pseudo-PSNR (dB).")] = 10.0,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = 0.1,
+    beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright.")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same images.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 16,
+    device: DeviceOption = Device.auto,
+    movie: Annotated[Optional[Path], typer.Option(help="GIF/MP4 of the first image accumulating photons, beside its prediction.")] = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Generate images from an empty canvas by accumulating predicted photons."""
+    from photongap.io import write_image
+    from photongap.model import load
+    from photongap.movie import MovieRecorder
+
+    network = load(model)
+    recorder = MovieRecorder() if movie else None
+    with _sampling_progress("generating", target_psnr) as on_step:
+
+        def step(state) -> None:
+            on_step(state)
+            if recorder is not None:
+                recorder(state)
+
+        result = network.generate(n, size, target_psnr=target_psnr, schedule=_schedule(beta, beta_max), seed=seed, batch_size=batch_size, device=device.value, on_step=step)
+    path = write_image(out / "generated.tif", result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
+    if recorder is not None:
+        recorder.save(movie)
+    console.print(f"[green]generated[/] {n} images ({result.network_calls} network calls each) -> {path}")
+
+
+@app.command()
+def calibrate(
+    inputs: Annotated[list[Path], typer.Argument(help="A stack of frames of one field (T, Y, X), or single images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="calibration.json to write.")],
+    dark: Annotated[Optional[list[Path]], typer.Option(help="Dark frames (shutter closed): offset and read noise.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of the photon transfer curve and the fit.")] = None,
+    axes: AxesOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Estimate camera gain (ADU/photon), offset (ADU) and read noise (ADU) from the data itself."""
+    from photongap.calibration import calibrate_files
+
+    if out.exists() and not overwrite:
+        raise PhotongapError(f"{out}: already exists; pass --overwrite to replace it")
+    result = calibrate_files(inputs, dark=dark, axes=axes, plot=plot)
+    result.save(out)
+    console.print(
+        f"gain {result.gain:.4g} ± {result.gain_uncertainty:.2g} ADU/photon, offset {result.offset:.1f} ± {result.offset_uncertainty:.1f} ADU, "
+        f"read noise {result.read_noise:.3g} ± {result.read_noise_uncertainty:.2g} ADU ({result.method}) -> {out}"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
+    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 3.0,
+    steps: Annotated[int, typer.Option(help="Most training steps (the time budget may stop earlier).")] = 2000,
+    photons: Annotated[float, typer.Option(help="Simulated photons per pixel.")] = 1.0,
+    device: DeviceOption = Device.auto,
+) -> None:
+    """Train on the embedded real fluorescence sample at ~1 photon/px, denoise held-out images, score them."""
+    from photongap.demo import run_demo
+
+    result = run_demo(out, photons_per_pixel=photons, minutes=minutes, steps=steps, device=device.value)
+    console.print(
+        f"\n[bold]photongap demo[/] ({result.photons_per_pixel:g} photons/px, {result.steps} steps in {result.train_seconds / 60:.1f} min)\n"
+        f"  PSNR noisy input : {result.psnr_noisy:.2f} dB\n"
+        f"  PSNR photongap   : {result.psnr_photongap:.2f} dB\n"
+        f"  figure  {out / 'comparison.png'}\n  metrics {out / 'metrics.json'}\n  model   {out / 'run' / 'model.pt'}"
+    )
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except PhotongapError as error:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; no partial outputs were kept")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Typed configuration: one small frozen dataclass per topic, YAML round trip, presets.
+
+A run is described by a :class:`ModelConfig` (what rebuilds the network) and a
+:class:`TrainConfig` (how it is trained). A YAML file holds either or both under the
+keys ``model`` and ``training``; command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from photongap.errors import PhotongapError
+
+Precision = Literal["auto", "fp32", "bf16"]
+Schedule = Literal["constant", "cosine"]
+SplitMode = Literal["absolute", "relative"]
+PresetName = Literal["default", "paper"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise PhotongapError(f"invalid configuration: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the GAP U-Net.
+
+    Attributes
+    ----------
+    depth : int
+        Resolution levels; images are padded to multiples of ``2**(depth-1)``.
+    start_filters : int
+        Channels at full resolution, doubled at each level.
+    max_filters : int or None
+        Cap on the channels of the deep levels (None: no cap, as published).
+    sine_levels : int
+        Scales of the sine input encoding, ``sin(x * 10**-k)`` for ``k < sine_levels``.
+    """
+
+    depth: int = 5
+    start_filters: int = 32
+    max_filters: int | None = None
+    sine_levels: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.depth >= 1, "model.depth must be at least 1")
+        _check(self.start_filters >= 1, "model.start_filters must be at least 1")
+        _check(self.sine_levels >= 1, "model.sine_levels must be at least 1")
+        _check(self.max_filters is None or self.max_filters >= self.start_filters, "model.max_filters must be at least start_filters")
+
+    @property
+    def widths(self) -> list[int]:
+        """Channels of each level, from full resolution down."""
+        cap = self.max_filters or 1 << 30
+        return [min(self.start_filters * 2**level, cap) for level in range(self.depth)]
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the tiling module pads to it)."""
+        return 2 ** (self.depth - 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a GAP network is trained.
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps (``time_limit_minutes`` may stop earlier).
+    batch_size, patch_size : int
+        Random crops per step and their side in pixels.
+    learning_rate : float
+        Peak Adam learning rate.
+    schedule : {"constant", "cosine"}
+        Constant rate, or a short linear warm-up then cosine decay to 5% over ``steps``.
+    split_mode : {"absolute", "relative"}
+        How the input's photon level is drawn for each crop. ``absolute``: the input lands
+        at a pseudo-PSNR drawn from ``[split_min_psnr, split_max_psnr]`` dB whatever the
+        data (the published choice; needed for generation from an empty canvas).
+        ``relative``: that many dB below the crop's own level (for denoising data at the
+        level it was recorded).
+    split_min_psnr, split_max_psnr : float
+        The range of levels in dB.
+    val_fraction : float
+        Share of the images (or, for a single image, of its rows) held out for validation.
+    val_every : int
+        Steps between validation losses.
+    precision : {"auto", "fp32", "bf16"}
+        ``auto`` is bf16 autocast with channels_last where the hardware runs it fast.
+    seed : int
+        Seeds crops, augmentation, splits and initial weights.
+    time_limit_minutes : float or None
+        Stop cleanly at this wall time and save the model as if the steps had run out.
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    patch_size: int = 64
+    learning_rate: float = 1e-3
+    schedule: Schedule = "cosine"
+    split_mode: SplitMode = "relative"
+    split_min_psnr: float = -20.0
+    split_max_psnr: float = 0.0
+    val_fraction: float = 0.1
+    val_every: int = 100
+    precision: Precision = "auto"
+    seed: int = 0
+    time_limit_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "training.steps must be at least 1")
+        _check(self.batch_size >= 1, "training.batch_size must be at least 1")
+        _check(self.patch_size >= 8, "training.patch_size must be at least 8")
+        _check(self.learning_rate > 0, "training.learning_rate must be positive")
+        _check(self.split_min_psnr <= self.split_max_psnr, "training.split_min_psnr must not exceed split_max_psnr")
+        _check(0.0 <= self.val_fraction < 1.0, "training.val_fraction must be in [0, 1)")
+        _check(self.val_every >= 1, "training.val_every must be at least 1")
+        _check(self.time_limit_minutes is None or self.time_limit_minutes > 0, "training.time_limit_minutes must be positive")
+        for name in ("schedule", "split_mode", "precision"):
+            allowed = get_args(_LITERALS[name])
+            _check(getattr(self, name) in allowed, f"training.{name} must be one of {', '.join(allowed)}")
+
+
+_LITERALS = {"schedule": Schedule, "split_mode": SplitMode, "precision": Precision}
+
+
+PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
+    # photongap's default: levels near the data's own, a fast schedule, bf16 where it pays.
+    "default": (ModelConfig(), TrainConfig()),
+    # The published configuration: full-range absolute splits, Adam 1e-4, fp32.
+    "paper": (
+        ModelConfig(depth=5, start_filters=32, sine_levels=10),
+        TrainConfig(
+            learning_rate=1e-4,
+            schedule="constant",
+            split_mode="absolute",
+            split_min_psnr=-40.0,
+            split_max_psnr=20.0,
+            precision="fp32",
+        ),
+    ),
+}
+
+
+def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configuration of a named preset (``default`` or ``paper``)."""
+    if name not in PRESETS:
+        raise PhotongapError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (YAML- and checkpoint-safe)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any] | None, where: str = "configuration") -> Any:
+    """Build ``cls`` from a dict, rejecting unknown keys with a clear message."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PhotongapError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise PhotongapError(f"{where}: {error}") from None
+
+
+def override(config: Any, **changes: Any) -> Any:
+    """A copy of ``config`` with the changes that are not None."""
+    changes = {key: value for key, value in changes.items() if value is not None}
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def load_yaml(path: str | Path, base: tuple[ModelConfig, TrainConfig] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Read ``model`` and ``training`` sections from a YAML file over ``base`` (the default preset)."""
+    model, training = base or preset("default")
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as error:
+        raise PhotongapError(f"cannot read config {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise PhotongapError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(document, dict) or set(document) - {"model", "training"}:
+        raise PhotongapError(f"config {path}: expected top-level keys 'model' and/or 'training'")
+    model = from_dict(ModelConfig, {**to_dict(model), **(document.get("model") or {})}, f"config {path}, model")
+    training = from_dict(TrainConfig, {**to_dict(training), **(document.get("training") or {})}, f"config {path}, training")
+    return model, training
+
+
+def dump_yaml(model: ModelConfig, training: TrainConfig) -> str:
+    """The YAML text that :func:`load_yaml` reads back to the same configs."""
+    return yaml.safe_dump({"model": to_dict(model), "training": to_dict(training)}, sort_keys=False)

@@ -1,0 +1,136 @@
+"""Training data: seeded random patches with 8-fold flips and transposes.
+
+Patches are a pure function of ``(seed, index)``, so any worker or process cuts the same
+patch for the same index and no global random state is involved. The photon split is not
+done here but in the training step, on the device, for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from photongap.errors import PhotongapError
+from photongap.physics import draw_split_fraction, split_counts
+
+
+def augment(patch: np.ndarray, symmetry: int) -> np.ndarray:
+    """One of the 8 symmetries of the square: ``symmetry // 2`` quarter turns, then a flip if odd."""
+    patch = np.rot90(patch, symmetry // 2)
+    return patch[:, ::-1] if symmetry % 2 else patch
+
+
+class PatchDataset(Dataset):
+    """``length`` random square patches from a set of 2D count images.
+
+    Images are drawn in proportion to their area, the position uniformly, the symmetry
+    uniformly among 8. Item ``i`` is ``(1, P, P)`` float32 and depends only on ``(seed, i)``.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], patch_size: int, length: int, seed: int) -> None:
+        self.images = list(images)
+        self.patch_size = patch_size
+        self.length = length
+        self.seed = seed
+        areas = np.array([image.size for image in self.images], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, index])
+        image = self.images[rng.choice(len(self.images), p=self.weights)]
+        y = rng.integers(0, image.shape[0] - self.patch_size + 1)
+        x = rng.integers(0, image.shape[1] - self.patch_size + 1)
+        patch = augment(image[y : y + self.patch_size, x : x + self.patch_size], int(rng.integers(8)))
+        return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None]
+
+
+def grid_patches(images: Sequence[np.ndarray], patch_size: int, limit: int) -> np.ndarray:
+    """Non-overlapping patches on a grid, at most ``limit`` spread evenly: ``(N, P, P)``."""
+    patches = [
+        image[y : y + patch_size, x : x + patch_size]
+        for image in images
+        for y in range(0, image.shape[0] - patch_size + 1, patch_size)
+        for x in range(0, image.shape[1] - patch_size + 1, patch_size)
+    ]
+    keep = np.linspace(0, len(patches) - 1, min(limit, len(patches))).round().astype(int)
+    return np.stack([patches[i] for i in np.unique(keep)]).astype(np.float32)
+
+
+def hold_out(images: Sequence[np.ndarray], fraction: float, patch_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split images into training and validation sets.
+
+    Several images: the last ``ceil(fraction * n)`` images (at least one) are held out.
+    A single image: its bottom ``fraction`` of rows (at least one patch high).
+    """
+    images = list(images)
+    if fraction == 0:
+        return images, []
+    if len(images) > 1:
+        count = min(len(images) - 1, max(1, int(np.ceil(fraction * len(images)))))
+        return images[:-count], images[-count:]
+    image = images[0]
+    rows = max(patch_size, int(round(fraction * image.shape[0])))
+    if image.shape[0] - rows < patch_size:
+        return images, []
+    return [image[:-rows]], [image[-rows:]]
+
+
+class GapDataModule(L.LightningDataModule):
+    """Patches for training, and fixed pre-split patches for a comparable validation loss.
+
+    Parameters
+    ----------
+    images : sequence of np.ndarray
+        2D photon-count images, each at least ``patch_size`` on both sides.
+    names : sequence of str, optional
+        What to call each image in error messages (e.g. its file).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        patch_size: int,
+        batch_size: int,
+        steps: int,
+        val_fraction: float,
+        split_range: tuple[float, float],
+        split_relative: bool,
+        seed: int,
+        names: Sequence[str] | None = None,
+        validation_patches: int = 64,
+    ) -> None:
+        super().__init__()
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        if not images:
+            raise PhotongapError("no training images")
+        for image, name in zip(images, names):
+            if image.ndim != 2:
+                raise PhotongapError(f"{name}: expected 2D planes for training, got shape {image.shape}")
+            if min(image.shape) < patch_size:
+                raise PhotongapError(f"{name}: image of {image.shape[0]}x{image.shape[1]} px is smaller than the patch size {patch_size}; use a smaller --patch-size")
+        train_images, val_images = hold_out(images, val_fraction, patch_size)
+        self.train_set = PatchDataset(train_images, patch_size, steps * batch_size, seed)
+        self.batch_size = batch_size
+        self.val_split = None
+        if val_images:
+            counts = torch.from_numpy(grid_patches(val_images, patch_size, validation_patches))[:, None]
+            generator = torch.Generator().manual_seed(seed + 7919)
+            fraction = draw_split_fraction(counts, *split_range, relative=split_relative, generator=generator)
+            self.val_split = split_counts(counts, fraction, generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=0, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_split is None:
+            return []  # type: ignore[return-value]
+        pairs = torch.utils.data.TensorDataset(self.val_split.input_counts, self.val_split.target_counts)
+        return DataLoader(pairs, batch_size=self.batch_size * 2, shuffle=False)

@@ -1,0 +1,338 @@
+"""A trained GAP model: one self-describing file, and what users do with it.
+
+``model.pt`` holds the weights, the :class:`ModelConfig` that rebuilds the network, the
+package version, the training configuration and the data's photon statistics. It loads
+with ``torch.load(weights_only=True)``: no code is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from photongap.config import ModelConfig, Precision, from_dict, to_dict
+from photongap.errors import PhotongapError
+from photongap.network import GapUNet
+from photongap.sampling import PhotonSchedule, SamplingResult, StepState, StopRule, accumulate_photons, generate
+from photongap.tiling import LogitsFn, mmse_image, padded, plan_tiles, predict_logits, tiled
+
+@dataclass(frozen=True)
+class PosteriorSamples:
+    """Samples of clean images, and their per-pixel summary.
+
+    Attributes
+    ----------
+    samples : np.ndarray
+        ``(n, Y, X)`` float32 in the photon units of the input (for generation: photons
+        of the final level).
+    mean, std : np.ndarray
+        ``(Y, X)`` per-pixel mean and standard deviation over the samples (the std is the
+        uncertainty map).
+    steps : int
+        Photon-adding steps of the longest sample.
+    network_calls : int
+        Network calls per sample, including the final estimate.
+    """
+
+    samples: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    steps: int
+    network_calls: int
+
+    @classmethod
+    def from_result(cls, result: SamplingResult) -> PosteriorSamples:
+        samples = result.samples[:, 0].float().cpu().numpy()
+        std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(samples[0])
+        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls)
+
+
+FORMAT = "photongap-model"
+FORMAT_VERSION = 1
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PhotongapError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise PhotongapError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def use_bf16(precision: Precision, device_type: str) -> bool:
+    """Whether to run under bf16 autocast: ``auto`` picks it where the hardware has bf16 units."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+class GapModel:
+    """A GAP network with its configuration and provenance.
+
+    Examples
+    --------
+    >>> model = photongap.load("runs/cells/model.pt")  # doctest: +SKIP
+    >>> denoised = model.denoise(counts)  # same shape, photon units of `counts`  # doctest: +SKIP
+    """
+
+    def __init__(self, network: nn.Module, config: ModelConfig, info: dict[str, Any] | None = None) -> None:
+        self.network = network
+        self.config = config
+        self.info = dict(info or {})
+
+    # -- file format -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model file atomically (a temporary name, then a rename)."""
+        from photongap import __version__
+
+        path = Path(path)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.network.state_dict().items()}
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "photongap_version": __version__,
+            "model_config": to_dict(self.config),
+            "state_dict": state,
+            "info": self.info,
+        }
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            torch.save(payload, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GapModel:
+        """Read a model file, with a clear error for anything that is not one we can use."""
+        path = Path(path)
+        if not path.is_file():
+            raise PhotongapError(f"{path}: model file not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # torch raises many types for foreign or truncated files
+            raise PhotongapError(f"{path}: not a photongap model file (unreadable or truncated)") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise PhotongapError(f"{path}: not a photongap model file (a Lightning checkpoint? use RUN_DIR/model.pt)")
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PhotongapError(
+                f"{path}: model format {version} from photongap {payload.get('photongap_version')} is not supported by this version (format {FORMAT_VERSION})"
+            )
+        config = from_dict(ModelConfig, payload["model_config"], f"{path}, model_config")
+        network = GapUNet(config)
+        try:
+            network.load_state_dict(payload["state_dict"])
+        except (RuntimeError, KeyError) as error:
+            raise PhotongapError(f"{path}: weights do not fit the stored configuration ({str(error).splitlines()[0]})") from None
+        return cls(network.eval(), config, payload.get("info"))
+
+    # -- prediction --------------------------------------------------------------------------
+    def logits_fn(self, device: str | torch.device = "auto", precision: Precision = "auto") -> LogitsFn:
+        """The network as a function ``counts (B,1,Y,X) -> logits``, on ``device``, under inference mode.
+
+        With bf16 the network runs under autocast in channels_last layout; the output
+        convolution and the logits stay float32.
+        """
+        device = resolve_device(device)
+        bf16 = use_bf16(precision, device.type)
+        network = self.network.to(device).eval()
+        network = network.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
+
+        def logits(counts: torch.Tensor) -> torch.Tensor:
+            counts = counts.to(device, torch.float32)
+            if bf16:
+                counts = counts.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                return network(counts).float()
+
+        return logits
+
+    def denoise(
+        self,
+        counts: Any,
+        *,
+        tile: int | None = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
+        batch_size: int = 4,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        out: Any | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        """MMSE denoising: ``softmax(net(counts)) * sum(counts)``, plane by plane.
+
+        Parameters
+        ----------
+        counts : array-like
+            ``(..., Y, X)`` photon counts (numpy, memory-mapped or Zarr); each trailing
+            ``(Y, X)`` plane is one image with its own softmax.
+        tile, overlap : int
+            Tiles of ``tile`` px with ``overlap`` px of shared context (None: one pass).
+        batch_size : int
+            Tiles per network call.
+        out : array-like, optional
+            Where to write the float32 result (e.g. a memory map); new array if omitted.
+        progress : callable, optional
+            Called with the number of tiles finished, as they finish.
+
+        Returns
+        -------
+        array-like
+            float32 of the same shape, in the photon units of ``counts``.
+        """
+        shape = tuple(counts.shape)
+        if len(shape) < 2 or min(shape) == 0:
+            raise PhotongapError(f"cannot denoise an array of shape {shape}")
+        out = np.empty(shape, dtype=np.float32) if out is None else out
+        logits_fn = self.logits_fn(device, precision)
+        for index in np.ndindex(*shape[:-2]):
+            plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
+            total = float(sum(np.asarray(plane[rows, :], dtype=np.float64).sum() for rows in _row_slices(shape[-2])))
+            # A numpy (or memory-mapped) output plane holds the logits and is then normalised in
+            # place, so even a 16k x 16k plane needs no second full-size buffer.
+            target = out[index] if isinstance(out, np.ndarray) else None
+            logits = predict_logits(
+                logits_fn, plane, tile=tile, overlap=overlap, multiple=self.config.size_multiple, batch_size=batch_size, out=target, progress=progress
+            )
+            result = mmse_image(logits, total, out=logits)
+            if target is None:
+                out[index] = result
+        return out
+
+    def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
+        """Images up to ``tile`` go through the network whole, in batches; larger ones tile by tile."""
+        base = self.logits_fn(device, precision)
+        multiple = self.config.size_multiple
+        if tile is not None and max(shape) > tile:
+            return tiled(base, tile=tile, overlap=DEFAULT_OVERLAP, multiple=multiple, batch_size=batch_size)
+        return padded(base, multiple, batch_size)
+
+    def sample(
+        self,
+        counts: np.ndarray,
+        n: int = 16,
+        *,
+        target_psnr: float | None = 20.0,
+        target_photons: float | None = None,
+        schedule: PhotonSchedule = PhotonSchedule(),
+        seed: int = 0,
+        batch_size: int = 16,
+        tile: int | None = 1024,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        on_step: Callable[[StepState], None] | None = None,
+    ) -> PosteriorSamples:
+        """Diversity denoising: ``n`` samples from the posterior of clean images given ``counts``.
+
+        Each sample starts from the noisy counts and adds ``Poisson(softmax(net(x)) * n_t)``
+        photons per step until the stop rule; the sample is the final prediction scaled to
+        the input's photons. The ``n`` samples run through the network together.
+
+        Parameters
+        ----------
+        counts : np.ndarray
+            ``(Y, X)`` photon counts.
+        n : int
+            Number of samples.
+        target_psnr, target_photons
+            Stop when the accumulated image reaches this pseudo-PSNR (dB) or photon total.
+        schedule : PhotonSchedule
+            Photons per step (published: ``beta = 0.1``).
+        seed : int
+            Same seed, same samples on the same device.
+        batch_size : int
+            Images per network call.
+        tile : int or None
+            Images larger than this are predicted tile by tile, logits stitched before the
+            softmax (the same method as :meth:`denoise`).
+
+        Examples
+        --------
+        >>> posterior = model.sample(counts, n=16, seed=1)  # doctest: +SKIP
+        >>> posterior.mean, posterior.std  # MMSE-like estimate and uncertainty map  # doctest: +SKIP
+        """
+        counts = np.asarray(counts, dtype=np.float32)
+        if counts.ndim != 2:
+            raise PhotongapError(f"sample takes one 2D image, got shape {counts.shape}; sample stacks plane by plane")
+        if n < 1:
+            raise PhotongapError("the number of samples must be at least 1")
+        device = resolve_device(device)
+        start = torch.from_numpy(counts).to(device)[None, None].expand(n, 1, *counts.shape).contiguous()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        result = accumulate_photons(
+            self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape),
+            start,
+            scale_to=float(counts.sum(dtype=np.float64)),
+            schedule=schedule,
+            stop=StopRule(target_psnr=target_psnr, target_photons=target_photons),
+            generator=generator,
+            on_step=on_step,
+        )
+        return PosteriorSamples.from_result(result)
+
+    def generate(
+        self,
+        n: int,
+        shape: tuple[int, int],
+        *,
+        target_psnr: float | None = 20.0,
+        target_photons: float | None = None,
+        schedule: PhotonSchedule = PhotonSchedule(),
+        seed: int = 0,
+        batch_size: int = 16,
+        tile: int | None = 1024,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        on_step: Callable[[StepState], None] | None = None,
+    ) -> PosteriorSamples:
+        """New images from an empty canvas: the sampling loop started from zero photons.
+
+        A model trained with ``split_mode="absolute"`` over the full range of levels
+        (the ``paper`` preset) generates best: it has seen nearly empty inputs.
+        """
+        if n < 1 or len(shape) != 2 or min(shape) < 1:
+            raise PhotongapError(f"generate needs n >= 1 and a 2D size, got n={n}, size={tuple(shape)}")
+        device = resolve_device(device)
+        result = generate(
+            self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),
+            tuple(shape),
+            n,
+            schedule=schedule,
+            stop=StopRule(target_psnr=target_psnr, target_photons=target_photons),
+            generator=torch.Generator(device=device).manual_seed(seed),
+            on_step=on_step,
+            device=device,
+        )
+        return PosteriorSamples.from_result(result)
+
+    def tiles_per_plane(self, shape: tuple[int, int], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> int:
+        """How many tiles :meth:`denoise` cuts a plane into (for progress bars)."""
+        return len(plan_tiles(shape, tile, overlap, self.config.size_multiple))
+
+
+def _row_slices(height: int, rows: int = 1024) -> list[slice]:
+    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def load(path: str | Path) -> GapModel:
+    """Load a ``model.pt`` written by :func:`photongap.train` (see :meth:`GapModel.load`)."""
+    return GapModel.load(path)

@@ -1,0 +1,92 @@
+"""The network: photon counts in, logits of where the next photon lands out.
+
+A plain U-Net on a multi-scale sine encoding of the counts. No loss, optimiser or
+training code lives here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from photongap.config import ModelConfig
+
+
+class SineEncoding(nn.Module):
+    """Encode counts at many scales: ``[sin(x * 10**-k) for k in range(levels)]``.
+
+    One network thus sees images from 1e-4 to 1e4 photons per pixel: the low-k
+    channels resolve single photons, the high-k channels stay linear in bright images.
+    Maps ``(B, 1, Y, X)`` to ``(B, levels, Y, X)``.
+    """
+
+    scales: torch.Tensor
+
+    def __init__(self, levels: int) -> None:
+        super().__init__()
+        self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32).reshape(1, levels, 1, 1))
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.sin(counts * self.scales)
+
+
+class ResidualBlock(nn.Module):
+    """Three 3x3 convolutions with a residual connection (1x1 projection if widths differ)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.activation(self.conv1(x))
+        h = self.activation(self.conv2(h))
+        return self.activation(self.conv3(h) + self.skip(x))
+
+
+class GapUNet(nn.Module):
+    """U-Net mapping photon counts ``(B, 1, Y, X)`` to logits ``(B, 1, Y, X)``.
+
+    Max-pool down, transposed convolution up, additive skip connections, a 1x1 output
+    convolution. ``Y`` and ``X`` must be multiples of ``config.size_multiple``
+    (``2**(depth-1)``); the tiling module pads for you. The output convolution runs in
+    float32 even under autocast, so logits keep full precision for the softmax.
+
+    Examples
+    --------
+    >>> net = GapUNet(ModelConfig(depth=3, start_filters=8))
+    >>> net(torch.zeros(2, 1, 32, 32)).shape
+    torch.Size([2, 1, 32, 32])
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        self.encoding = SineEncoding(config.sine_levels)
+        self.down = nn.ModuleList()
+        in_channels = config.sine_levels
+        for width in widths:
+            self.down.append(ResidualBlock(in_channels, width))
+            in_channels = width
+        self.pool = nn.MaxPool2d(2)
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(len(widths) - 1))
+        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i]) for i in range(len(widths) - 1))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        x = self.encoding(counts)
+        skips = []
+        for level, block in enumerate(self.down):
+            if level > 0:
+                x = self.pool(x)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for level in reversed(range(len(self.up))):
+            x = self.up[level](self.upsample[level](x) + skips[level])
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.head(x.float())

@@ -1,0 +1,160 @@
+"""The physics of photon counts as small pure functions.
+
+Tensors (and a ``torch.Generator`` where randomness is involved) in, tensors out.
+Images are ``(B, C, Y, X)`` float tensors holding photon counts; every per-image
+quantity reduces over the last two axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_SPLIT_FRACTION = 0.99
+"""Cap on the input fraction so that every split leaves some photons for the target."""
+
+
+def photons_per_pixel(counts: torch.Tensor) -> torch.Tensor:
+    """Mean photon count per pixel of each image, shape ``counts.shape[:-2]``."""
+    return counts.mean(dim=(-2, -1))
+
+
+def pseudo_psnr(counts: torch.Tensor) -> torch.Tensor:
+    """Pseudo-PSNR in dB of each image: ``10 log10(mean photons per pixel)``.
+
+    -40 dB is 1e-4 photons/px, 0 dB one photon/px, 20 dB 100 photons/px. An empty
+    image gives ``-inf``.
+
+    Examples
+    --------
+    >>> float(pseudo_psnr(torch.full((1, 1, 4, 4), 100.0)))
+    20.0
+    """
+    return 10.0 * torch.log10(photons_per_pixel(counts))
+
+
+def photons_for_psnr(psnr_db: float | torch.Tensor, num_pixels: int) -> torch.Tensor:
+    """Total photons in an image of ``num_pixels`` pixels at pseudo-PSNR ``psnr_db``."""
+    return torch.as_tensor(10.0 ** (torch.as_tensor(psnr_db, dtype=torch.float64) / 10.0)) * num_pixels
+
+
+@dataclass(frozen=True)
+class PhotonSplit:
+    """A binomial split of photon counts into two independent Poisson images.
+
+    Attributes
+    ----------
+    input_counts, target_counts : torch.Tensor
+        ``(B, C, Y, X)``; ``input_counts + target_counts == counts``.
+    split_fraction : torch.Tensor
+        ``(B,)`` probability with which each photon went to the input.
+    """
+
+    input_counts: torch.Tensor
+    target_counts: torch.Tensor
+    split_fraction: torch.Tensor
+
+
+def split_counts(counts: torch.Tensor, split_fraction: torch.Tensor, generator: torch.Generator | None = None) -> PhotonSplit:
+    """Split each photon independently: ``input ~ Binomial(counts, p)``, ``target = counts - input``.
+
+    By Poisson thinning, the input and the target are independent Poisson images of the
+    same clean image, scaled by ``p`` and ``1 - p``.
+
+    Parameters
+    ----------
+    counts : torch.Tensor
+        ``(B, C, Y, X)`` non-negative integer-valued counts (any float dtype).
+    split_fraction : torch.Tensor
+        ``(B,)`` fraction ``p`` per image, in [0, 1].
+    generator : torch.Generator, optional
+        Source of randomness, on the device of ``counts``.
+    """
+    p = split_fraction.to(counts.dtype).reshape(-1, *([1] * (counts.dim() - 1))).expand_as(counts)
+    input_counts = torch.binomial(counts, p.contiguous(), generator=generator)
+    return PhotonSplit(input_counts, counts - input_counts, split_fraction)
+
+
+def draw_split_fraction(
+    counts: torch.Tensor,
+    min_psnr: float,
+    max_psnr: float,
+    relative: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one split fraction per image from a uniform pseudo-PSNR level.
+
+    ``s ~ U(min_psnr, max_psnr)``; ``p = min(10**(s/10) / mean(counts), 0.99)`` for an
+    absolute level (the published choice: the input lands at pseudo-PSNR ``s`` whatever
+    the crop's brightness) or ``p = min(10**(s/10), 0.99)`` for a level relative to the
+    crop's own (``s <= 0`` dB below it).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` split fractions in float32.
+    """
+    batch = counts.shape[0]
+    u = torch.rand(batch, generator=generator, device=counts.device, dtype=torch.float32)
+    level = 10.0 ** ((min_psnr + (max_psnr - min_psnr) * u) / 10.0)
+    if not relative:
+        mean = photons_per_pixel(counts.float()).reshape(batch, -1).mean(dim=1)
+        # An empty crop has no photons to split; any p gives the same (empty) halves.
+        level = level / mean.clamp_min(torch.finfo(torch.float32).tiny)
+    return level.clamp(max=MAX_SPLIT_FRACTION)
+
+
+def photon_loss(logits: torch.Tensor, target_counts: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the target photons, per photon, one value per image.
+
+    ``L = -sum_i target[i] * log_softmax(logits)[i] / sum_i target[i]``, the softmax
+    taken over all pixels (and channels) of each image. Computed in float32 whatever
+    the logits' dtype. An image whose target holds no photons gives 0, not NaN.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, Y, X)`` unnormalised log-probabilities of where the next photon lands.
+    target_counts : torch.Tensor
+        ``(B, C, Y, X)`` photons held out from the input.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` loss per image.
+    """
+    batch = logits.shape[0]
+    log_p = torch.log_softmax(logits.float().reshape(batch, -1), dim=1)
+    target = target_counts.float().reshape(batch, -1)
+    total = target.sum(dim=1)
+    return -(target * log_p).sum(dim=1) / total.clamp_min(1.0)
+
+
+def mmse_from_logits(logits: torch.Tensor, total_photons: torch.Tensor) -> torch.Tensor:
+    """The expected clean image: ``softmax(logits) * total_photons`` per image.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, Y, X)``.
+    total_photons : torch.Tensor
+        ``(B,)`` photons of each image (``sum(counts)``: the input's photon units).
+    """
+    batch = logits.shape[0]
+    probabilities = torch.softmax(logits.float().reshape(batch, -1), dim=1).reshape(logits.shape)
+    return probabilities * total_photons.float().reshape(-1, *([1] * (logits.dim() - 1)))
+
+
+def adu_to_counts(adu: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
+    """Camera units to photon counts: ``(adu - offset) / gain``, rounded, clipped at 0.
+
+    ``gain`` is in ADU per photon. Read noise makes ``adu - offset`` go below zero and
+    off the integers; rounding and clipping return the nearest valid count image.
+    """
+    return torch.clamp(torch.round((adu.float() - offset) / gain), min=0.0)
+
+
+def counts_to_adu(counts: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
+    """Photon units back to camera units: ``counts * gain + offset``."""
+    return counts.float() * gain + offset

@@ -1,0 +1,206 @@
+"""Prediction over images of any size: tiled logits, stitched, then one softmax.
+
+The softmax of GAP is over the whole image, so tiles are never normalised on their own:
+each tile's logits are computed with a margin of context, only the tile's centre is kept
+(where the tile sees the most context, so stitched logits match an untiled pass), and
+the normaliser is taken over the stitched image. Inputs and outputs may be memory-mapped
+arrays or Zarr arrays: they are read and written tile by tile and block by block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps counts ``(B, 1, Y, X)`` float32 (sides multiples of the network's size multiple) to logits of the same shape."""
+
+ROWS_PER_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: the window read (with margin) and the core it writes."""
+
+    window_rows: np.ndarray
+    window_cols: np.ndarray
+    core: tuple[slice, slice]
+    """Where the core lies in the output image."""
+    core_in_window: tuple[slice, slice]
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
+    """Mirror indices into ``[0, size)`` without repeating the edge pixel (numpy's 'reflect')."""
+    if size == 1:
+        return np.zeros_like(indices)
+    period = 2 * (size - 1)
+    folded = np.abs(indices) % period
+    return np.where(folded >= size, period - folded, folded)
+
+
+def _axis_windows(size: int, tile: int, margin: int, multiple: int) -> Iterator[tuple[np.ndarray, slice, slice]]:
+    """Windows along one axis: (indices read, core in image, core in window)."""
+    window = min(tile, round_up(size + 2 * margin, multiple))
+    core = window - 2 * margin
+    for start in range(0, size, core):
+        stop = min(start + core, size)
+        indices = _reflect(np.arange(start - margin, start - margin + window), size)
+        yield indices, slice(start, stop), slice(margin, margin + stop - start)
+
+
+def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple: int) -> list[Tile]:
+    """Cut an image of ``shape`` into tiles whose cores cover it exactly once.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(Y, X)`` of the image.
+    tile : int or None
+        Tile side in pixels (rounded up to ``multiple``); None means one tile, the whole image.
+    overlap : int
+        Pixels shared by neighbouring windows; each side of a core has ``overlap // 2`` of context.
+    multiple : int
+        The network's size multiple; windows are padded (by reflection) to it.
+    """
+    height, width = shape
+    if tile is None:
+        tile, margin = round_up(max(height, width), multiple), 0
+    else:
+        tile = round_up(tile, multiple)
+        margin = overlap // 2
+        if tile - 2 * margin < multiple:
+            raise ValueError(f"overlap {overlap} leaves no core in tiles of {tile} px")
+    tiles = []
+    for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple):
+        for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple):
+            tiles.append(Tile(rows, cols, (core_y, core_x), (in_y, in_x)))
+    return tiles
+
+
+def _read_window(image: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Read a reflected window, touching only the block of ``image`` it needs."""
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    block = np.asarray(image[r0:r1, c0:c1], dtype=np.float32)
+    return block[np.ix_(rows - r0, cols - c0)]
+
+
+def predict_logits(
+    logits_fn: LogitsFn,
+    counts: Any,
+    *,
+    tile: int | None,
+    overlap: int,
+    multiple: int,
+    batch_size: int = 4,
+    out: Any | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Logits of a whole image, computed tile by tile and stitched.
+
+    Parameters
+    ----------
+    logits_fn : LogitsFn
+        The network call (device, precision and memory format are its business).
+    counts : array-like
+        ``(Y, X)`` photon counts; numpy, memory-mapped or Zarr.
+    tile, overlap, multiple
+        See :func:`plan_tiles`.
+    batch_size : int
+        Tiles per network call.
+    out : array-like, optional
+        ``(Y, X)`` float32 destination (e.g. a memory map); a new array if omitted.
+    progress : callable, optional
+        Called with the number of tiles finished after each batch.
+
+    Returns
+    -------
+    array-like
+        ``out``, holding the stitched logits.
+    """
+    shape = tuple(counts.shape)
+    out = np.empty(shape, dtype=np.float32) if out is None else out
+    tiles = plan_tiles(shape, tile, overlap, multiple)
+    for first in range(0, len(tiles), batch_size):
+        batch = tiles[first : first + batch_size]
+        # Windows at the image's edge can be smaller than inner ones: group by shape.
+        by_shape: dict[tuple[int, int], list[Tile]] = {}
+        for item in batch:
+            by_shape.setdefault((len(item.window_rows), len(item.window_cols)), []).append(item)
+        for group in by_shape.values():
+            windows = np.stack([_read_window(counts, t.window_rows, t.window_cols) for t in group])
+            logits = logits_fn(torch.from_numpy(windows)[:, None]).float().cpu().numpy()[:, 0]
+            for item, tile_logits in zip(group, logits):
+                out[item.core] = tile_logits[item.core_in_window]
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def _row_blocks(height: int) -> Iterator[slice]:
+    for start in range(0, height, ROWS_PER_BLOCK):
+        yield slice(start, min(start + ROWS_PER_BLOCK, height))
+
+
+def log_normaliser(logits: Any) -> float:
+    """``logsumexp`` over every pixel of a (possibly memory-mapped) ``(Y, X)`` logits image."""
+    running_max, running_sum = -math.inf, 0.0
+    for rows in _row_blocks(logits.shape[0]):
+        block = np.asarray(logits[rows], dtype=np.float64)
+        block_max = float(block.max())
+        if block_max > running_max:
+            running_sum *= math.exp(running_max - block_max)
+            running_max = block_max
+        running_sum += float(np.exp(block - running_max).sum())
+    return running_max + math.log(running_sum)
+
+
+def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any:
+    """The expected clean image ``softmax(logits) * total_photons`` over a stitched logits image.
+
+    ``out`` may be the ``logits`` array itself (computed in place, block by block).
+    """
+    out = np.empty(logits.shape, dtype=np.float32) if out is None else out
+    normaliser = log_normaliser(logits)
+    for rows in _row_blocks(logits.shape[0]):
+        block = np.asarray(logits[rows], dtype=np.float64)
+        out[rows] = (np.exp(block - normaliser) * total_photons).astype(np.float32)
+    return out
+
+
+def padded(logits_fn: LogitsFn, multiple: int, batch_size: int) -> LogitsFn:
+    """A logits function for batches of any ``(Y, X)``: reflect-padded to ``multiple``, in chunks.
+
+    Tensors stay on their device (the sampler's loop runs there); each network call holds at
+    most ``batch_size`` images.
+    """
+
+    def logits(counts: torch.Tensor) -> torch.Tensor:
+        height, width = counts.shape[-2:]
+        pad_y, pad_x = round_up(height, multiple) - height, round_up(width, multiple) - width
+        mode = "reflect" if pad_y < height and pad_x < width else "replicate"
+        if pad_y or pad_x:
+            counts = torch.nn.functional.pad(counts, (0, pad_x, 0, pad_y), mode=mode)
+        out = torch.cat([logits_fn(chunk) for chunk in counts.split(batch_size)])
+        return out[..., :height, :width]
+
+    return logits
+
+
+def tiled(logits_fn: LogitsFn, *, tile: int, overlap: int, multiple: int, batch_size: int) -> LogitsFn:
+    """A logits function that stitches each image of a batch from tiles (see :func:`predict_logits`)."""
+
+    def logits(counts: torch.Tensor) -> torch.Tensor:
+        planes = counts[:, 0].cpu().numpy()
+        stitched = [predict_logits(logits_fn, plane, tile=tile, overlap=overlap, multiple=multiple, batch_size=batch_size) for plane in planes]
+        return torch.from_numpy(np.stack(stitched))[:, None].to(counts.device)
+
+    return logits

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny network configuration and single-threaded torch.
+
+The machine running the tests has few, shared cores and the tensors here are tiny:
+a second thread only adds contention, so the whole session runs on one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from photongap.config import ModelConfig
+from photongap.model import GapModel
+from photongap.network import GapUNet
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    """Depth 3 (sides multiples of 4), 8 filters, 4 sine levels: a few thousand weights."""
+    return ModelConfig(depth=3, start_filters=8, sine_levels=4)
+
+
+def _untrained_model(config: ModelConfig, seed: int = 0) -> GapModel:
+    torch.manual_seed(seed)
+    return GapModel(GapUNet(config).eval(), config, {"note": "untrained test model"})
+
+
+def _poisson_image(shape: tuple[int, int], level: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 3, shape[0]), np.linspace(0, 4, shape[1]), indexing="ij")
+    clean = 1.0 + np.sin(y) * np.cos(x) ** 2
+    return rng.poisson(clean * (level / clean.mean())).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def untrained_model():
+    """``untrained_model(config, seed=0)``: a randomly initialised GapModel, same seed same weights."""
+    return _untrained_model
+
+
+@pytest.fixture()
+def tiny_model(tiny_config: ModelConfig) -> GapModel:
+    """An untrained GapModel of :func:`tiny_config` (seed 0), fresh for each test."""
+    return _untrained_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def poisson_image():
+    """``poisson_image((Y, X), level, seed=0)``: counts of a smooth scene at ``level`` photons/px on average."""
+    return _poisson_image

@@ -1,0 +1,86 @@
+"""The network maps counts to logits of the same shape, at the published size, in any precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from photongap.config import ModelConfig
+from photongap.errors import PhotongapError
+from photongap.network import GapUNet, SineEncoding
+
+
+def parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (2, 1, 8, 12), (1, 1, 36, 20), (3, 1, 64, 32)])
+def test_logits_have_the_shape_of_the_counts(tiny_config, shape):
+    torch.manual_seed(0)
+    net = GapUNet(tiny_config).eval()
+    counts = torch.poisson(torch.full(shape, 2.0))
+    with torch.no_grad():
+        logits = net(counts)
+    assert logits.shape == counts.shape and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_the_size_multiple_is_two_to_the_depth_minus_one():
+    assert [ModelConfig(depth=d).size_multiple for d in (1, 3, 5)] == [1, 4, 16]
+    net = GapUNet(ModelConfig(depth=5, start_filters=4, sine_levels=2))
+    assert net(torch.zeros(1, 1, 16, 48)).shape == (1, 1, 16, 48)
+
+
+def test_the_published_network_has_about_eleven_million_weights():
+    count = parameters(GapUNet(ModelConfig(depth=5, start_filters=32, sine_levels=10)))
+    assert 10e6 < count < 12e6, count
+
+
+def test_max_filters_caps_the_deep_levels():
+    capped = ModelConfig(depth=5, start_filters=8, max_filters=32)
+    assert capped.widths == [8, 16, 32, 32, 32]
+    assert ModelConfig(depth=5, start_filters=8).widths == [8, 16, 32, 64, 128]
+    net = GapUNet(capped)
+    conv_widths = {m.out_channels for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    assert max(conv_widths) == 32
+    assert parameters(net) < parameters(GapUNet(ModelConfig(depth=5, start_filters=8)))
+    with pytest.raises(PhotongapError, match="max_filters"):
+        ModelConfig(start_filters=32, max_filters=16)
+
+
+def test_sine_encoding_is_sin_of_the_counts_at_decades():
+    encoding = SineEncoding(4)
+    counts = torch.tensor([0.0, 1.0, 7.0, 250.0, 31415.0]).reshape(1, 1, 1, 5)
+    encoded = encoding(counts)
+    assert encoded.shape == (1, 4, 1, 5)
+    for k in range(4):
+        expected = torch.sin(counts.double() * 10.0**-k).float()
+        torch.testing.assert_close(encoded[0, k], expected[0, 0], rtol=1e-5, atol=1e-5)
+    assert not encoded[..., 0].any()  # zero photons encode as zero
+    # The weakest scale stays linear for bright images: sin(x / 1000) ~ x / 1000.
+    assert float(encoded[0, 3, 0, 1]) == pytest.approx(1e-3, rel=1e-6)
+    assert not list(encoding.parameters())  # a fixed encoding, nothing to learn
+
+
+def test_the_network_input_is_the_sine_encoding(tiny_config):
+    net = GapUNet(tiny_config)
+    assert net.encoding.scales.flatten().tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    assert net.down[0].conv1.in_channels == tiny_config.sine_levels
+    assert net.head.out_channels == 1
+
+
+def test_bf16_autocast_with_channels_last_returns_float32_logits(tiny_config):
+    torch.manual_seed(1)
+    net = GapUNet(tiny_config).eval()
+    counts = torch.poisson(torch.full((2, 1, 32, 40), 3.0))
+    with torch.no_grad():
+        reference = net(counts)
+        fast_net = net.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = fast_net(counts.contiguous(memory_format=torch.channels_last))
+    assert logits.dtype == torch.float32 and logits.shape == counts.shape
+    assert torch.isfinite(logits).all()
+    # bf16 keeps ~3 significant digits: the logits agree with fp32 to a few percent of their spread.
+    spread = float(reference.max() - reference.min())
+    assert float((logits - reference).abs().max()) < 0.05 * spread + 1e-3

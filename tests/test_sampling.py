@@ -1,0 +1,353 @@
+"""Properties of the photon-accumulation sampler: it only adds photons, stops at its
+target, draws the photons a step promises, samples the posterior, and is reproducible."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from photongap.config import ModelConfig
+from photongap.errors import PhotongapError
+from photongap.network import GapUNet
+from photongap.physics import photons_for_psnr, pseudo_psnr
+from photongap.sampling import (
+    PhotonSchedule,
+    SamplingResult,
+    StepState,
+    StopRule,
+    accumulate_photons,
+    expected_network_calls,
+    generate,
+    sample_step,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: with two threads on a busy machine, thread contention
+    # costs far more than it saves. Restored for the other test modules.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def fixed(logits: torch.Tensor):
+    """A logits function that ignores its input: the same map for every image."""
+    return lambda counts: logits.expand(counts.shape[0], -1, -1, -1)
+
+
+def flat(counts: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(counts)
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    net = GapUNet(ModelConfig(depth=2, start_filters=4)).eval()
+
+    def logits_fn(counts: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(counts)
+
+    return logits_fn
+
+
+def noisy_image(level: float = 1.0, side: int = 16, seed: int = 0) -> torch.Tensor:
+    clean = torch.linspace(0.2, 1.8, side * side).reshape(1, 1, side, side) * level
+    return torch.poisson(clean, generator=seeded(seed))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.states: list[StepState] = []
+
+    def __call__(self, state: StepState) -> None:
+        self.states.append(state)
+
+
+# --- the step -------------------------------------------------------------------------
+
+
+def test_step_never_removes_photons_and_returns_float32():
+    counts = noisy_image(3.0)
+    logits = torch.randn(1, 1, 16, 16, generator=seeded(1))
+    new = sample_step(logits, counts, torch.tensor([500.0]), seeded(2))
+    assert new.dtype == torch.float32
+    assert (new >= counts).all()
+    assert torch.equal(counts, noisy_image(3.0))  # the input is not modified
+    assert (new - counts).sum() > 0
+
+
+def test_step_draws_poisson_photons_from_the_softmax():
+    # 4000 independent draws of one step from an empty 8x8 image with a fixed map.
+    draws, n = 4000, 50.0
+    logits = torch.randn(1, 1, 8, 8, generator=seeded(3)) * 1.5
+    p = torch.softmax(logits.reshape(-1), 0).reshape(1, 1, 8, 8)
+    added = sample_step(logits.expand(draws, -1, -1, -1), torch.zeros(draws, 1, 8, 8), torch.full((draws,), n), seeded(4))
+    mean, var = added.mean(0), added.var(0)
+    standard_error = (p[0] * n / draws).sqrt()
+    assert ((mean - p[0] * n).abs() < 5 * standard_error).all()
+    # Poisson: the variance equals the mean per pixel, and the total varies (a
+    # multinomial of exactly n photons would have a fixed total).
+    assert abs(float(var.sum() / mean.sum()) - 1.0) < 0.05
+    assert abs(float(added.sum((1, 2, 3)).var()) / n - 1.0) < 0.15
+
+
+def test_step_softmax_is_per_image_and_shift_invariant():
+    logits = torch.randn(2, 1, 8, 8, generator=seeded(5))
+    counts = torch.zeros(2, 1, 8, 8)
+    n = torch.tensor([10.0, 1000.0])
+    a = sample_step(logits, counts, n, seeded(6))
+    b = sample_step(logits + torch.tensor([3.0, -7.0]).reshape(2, 1, 1, 1), counts, n, seeded(6))
+    assert torch.equal(a, b)
+    assert a[0].sum() < 40 and a[1].sum() > 800
+
+
+# --- the schedule and the stop rule ----------------------------------------------------
+
+
+def test_default_schedule_is_the_published_one():
+    total = torch.tensor([0.0, 9.0, 10.0, 4096.0, 1e6])
+    assert torch.equal(PhotonSchedule().photons_to_add(total, 4096), torch.tensor([1.0, 1.0, 1.0, 409.6, 1e5], dtype=torch.float64))
+
+
+def test_ramped_schedule_grows_beta_with_the_level_up_to_beta_max():
+    schedule = PhotonSchedule(beta=0.1, beta_max=0.5, ramp_level=2.0)
+    level = torch.tensor([0.5, 2.0, 4.0, 10.0, 100.0])
+    assert torch.allclose(schedule.beta_at(level), torch.tensor([0.1, 0.1, 0.2, 0.5, 0.5], dtype=torch.float64))
+
+
+def test_stop_rule_psnr_and_photons():
+    counts = torch.stack([torch.full((1, 4, 4), 9.0), torch.full((1, 4, 4), 10.0), torch.full((1, 4, 4), 100.0)])
+    assert StopRule(target_psnr=10.0).done(counts).tolist() == [False, True, True]
+    assert StopRule(target_psnr=None, target_photons=1000.0).done(counts).tolist() == [False, False, True]
+    assert StopRule(target_psnr=None, target_photons=None).done(counts).tolist() == [False, False, False]
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def test_loop_never_removes_photons(tiny_net):
+    start = noisy_image(0.5)
+    recorder = Recorder()
+    result = accumulate_photons(
+        tiny_net, start, scale_to=start.sum(), stop=StopRule(target_psnr=5.0), generator=seeded(7), on_step=recorder
+    )
+    history = [start] + [state.counts for state in recorder.states]
+    assert len(history) == result.steps + 1
+    for before, after in zip(history, history[1:]):
+        assert (after >= before).all()
+    assert torch.equal(history[-1], result.counts)
+
+
+def test_loop_stops_at_the_target_psnr(tiny_net):
+    start = noisy_image(1.0).expand(3, -1, -1, -1)
+    recorder = Recorder()
+    result = accumulate_photons(
+        tiny_net, start, scale_to=None, stop=StopRule(target_psnr=12.0), generator=seeded(8), on_step=recorder
+    )
+    assert result.reached_stop.all()
+    for image in range(3):
+        steps = int(result.steps_per_sample[image])
+        levels = [float(pseudo_psnr(state.counts[image].double())) for state in recorder.states[:steps]]
+        assert levels[-1] >= 12.0 > levels[-2]
+    assert (pseudo_psnr(result.counts).reshape(-1) >= 12.0).all()
+
+
+def test_loop_stops_at_a_photon_budget():
+    start = torch.ones(2, 1, 16, 16)
+    result = accumulate_photons(flat, start, scale_to=None, stop=StopRule(target_psnr=None, target_photons=2000.0), generator=seeded(9))
+    totals = result.counts.sum((1, 2, 3))
+    assert (totals >= 2000).all() and (totals < 2000 * 1.1 + 100).all()
+
+
+def test_loop_stops_at_max_steps():
+    result = accumulate_photons(flat, torch.ones(2, 1, 8, 8), scale_to=None, stop=StopRule(target_psnr=30.0, max_steps=5), generator=seeded(10))
+    assert result.steps == 5 and result.network_calls == 6
+    assert result.steps_per_sample.tolist() == [5, 5]
+    assert not result.reached_stop.any()
+
+
+def test_same_seed_same_samples_other_seed_other_samples(tiny_net):
+    start = noisy_image(1.0).expand(2, -1, -1, -1)
+
+    def run(seed: int) -> SamplingResult:
+        return accumulate_photons(tiny_net, start, scale_to=start.sum((1, 2, 3)), stop=StopRule(target_psnr=8.0), generator=seeded(seed))
+
+    a, b, c = run(11), run(11), run(12)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.counts, b.counts)
+    assert not torch.equal(a.counts, c.counts)
+    assert not torch.equal(a.samples, c.samples)
+    # Two images of one batch are different draws too.
+    assert not torch.equal(a.counts[0], a.counts[1])
+
+
+def test_samples_are_the_softmax_in_the_units_of_scale_to():
+    logits = torch.randn(1, 1, 8, 8, generator=seeded(13))
+    start = noisy_image(2.0, side=8)
+    result = accumulate_photons(fixed(logits), start, scale_to=start.sum(), stop=StopRule(target_psnr=10.0), generator=seeded(14))
+    expected = torch.softmax(logits.reshape(-1), 0).reshape(1, 1, 8, 8) * start.sum()
+    assert torch.allclose(result.samples, expected)
+    unscaled = accumulate_photons(fixed(logits), start, scale_to=None, stop=StopRule(target_psnr=10.0), generator=seeded(14))
+    assert torch.allclose(unscaled.samples.sum(), unscaled.counts.sum())
+
+
+def test_batch_freezes_finished_images_and_drops_them_from_the_network_calls():
+    batch_sizes: list[int] = []
+
+    def counting(counts: torch.Tensor) -> torch.Tensor:
+        batch_sizes.append(counts.shape[0])
+        return torch.zeros_like(counts)
+
+    # Image 0 starts near the target, image 1 far below it.
+    start = torch.cat([torch.full((1, 1, 8, 8), 20.0), torch.full((1, 1, 8, 8), 0.5)])
+    recorder = Recorder()
+    result = accumulate_photons(counting, start, scale_to=None, stop=StopRule(target_psnr=15.0), generator=seeded(15), on_step=recorder)
+    first, second = result.steps_per_sample.tolist()
+    assert first < second == result.steps
+    assert batch_sizes == [2] * first + [1] * (second - first) + [2]  # the last call: the final estimate
+    frozen = recorder.states[first - 1].counts[0]
+    assert all(torch.equal(state.counts[0], frozen) for state in recorder.states[first:])
+    assert torch.equal(result.counts[0], frozen)
+    assert recorder.states[first].active.tolist() == [1]
+    assert recorder.states[-1].done.tolist() == [True, True]
+
+
+def test_expected_network_calls_match_the_loop_for_the_published_schedule():
+    calls: list[int] = []
+
+    def counting(counts: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.zeros_like(counts)
+
+    start = torch.ones(1, 1, 64, 64)  # 1 photon/px
+    result = accumulate_photons(counting, start, scale_to=None, stop=StopRule(target_psnr=20.0), generator=seeded(16))
+    assert result.steps == 49  # log(100) / log(1.1) = 48.3
+    assert result.network_calls == len(calls) == 50
+    assert expected_network_calls(4096.0, float(photons_for_psnr(20.0, 4096)), PhotonSchedule()) == 50
+
+
+def test_ramped_schedule_needs_fewer_calls_and_is_counted_correctly():
+    schedule = PhotonSchedule(beta=0.1, beta_max=1.0, ramp_level=1.0)
+    result = accumulate_photons(flat, torch.ones(1, 1, 64, 64), scale_to=None, schedule=schedule, stop=StopRule(target_psnr=20.0), generator=seeded(17))
+    expected = expected_network_calls(4096.0, float(photons_for_psnr(20.0, 4096)), schedule, num_pixels=4096)
+    assert result.network_calls == expected < 50 / 2
+
+
+def test_posterior_proportions_match_an_exact_bayesian_network():
+    # Prior: the clean image is template A (left half 4x brighter) or its mirror B.
+    # Then the exact next-photon distribution is a mixture with posterior weights
+    # w_k ~ prod_i p_k[i]**x[i], and sampling must end in A with probability w_A.
+    a = torch.ones(8, 8)
+    a[:, :4] = 4.0
+    log_p = torch.log(torch.stack([a, a.flip(-1)]).reshape(2, -1) / a.sum()).double()
+
+    def exact(counts: torch.Tensor) -> torch.Tensor:
+        log_w = counts.reshape(counts.shape[0], -1).double() @ log_p.T
+        log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
+        return torch.logsumexp(log_w[:, :, None] + log_p[None], dim=1).float().reshape(counts.shape)
+
+    start = torch.zeros(1, 1, 8, 8)
+    start[0, 0, 0, 0], start[0, 0, 5, 7] = 2.0, 1.0  # two photons left, one right
+    w_a = float(torch.sigmoid(start.reshape(-1).double() @ (log_p[0] - log_p[1])))
+    n = 1000
+    result = accumulate_photons(exact, start.expand(n, -1, -1, -1), scale_to=start.sum(), stop=StopRule(target_psnr=15.0), generator=seeded(18))
+    ended_in_a = (result.counts[:, 0, :, :4].sum((1, 2)) > result.counts[:, 0, :, 4:].sum((1, 2))).double().mean()
+    # Binomial error 0.013 at n=1000; the first steps' one-photon floor biases it by ~0.02.
+    assert abs(float(ended_in_a) - w_a) < 0.06, (float(ended_in_a), w_a)
+    mmse = torch.softmax(exact(start).reshape(-1), 0).reshape(8, 8) * start.sum()
+    spread = float(mmse.max() - mmse.min())
+    assert float((result.samples.mean(0)[0] - mmse).abs().max()) < 0.1 * spread
+    assert float((result.samples[0, 0] - mmse).abs().max()) > 0.15 * spread  # a single sample is not the mean
+
+
+def test_mean_of_samples_is_closer_to_the_mmse_than_one_sample(tiny_net):
+    start = noisy_image(1.0)
+    n = 64
+    result = accumulate_photons(tiny_net, start.expand(n, -1, -1, -1), scale_to=start.sum(), stop=StopRule(target_psnr=8.0), generator=seeded(19))
+    mmse = torch.softmax(tiny_net(start).reshape(-1), 0).reshape(start.shape) * start.sum()
+    single = ((result.samples - mmse) ** 2).mean((1, 2, 3))
+    averaged = float(((result.samples.mean(0, keepdim=True) - mmse) ** 2).mean())
+    assert averaged < 0.5 * float(single.mean())
+    assert float(single.min()) > 0
+
+
+# --- generation ------------------------------------------------------------------------
+
+
+def test_generation_from_a_flat_map_is_uniform():
+    images = 8
+    result = generate(flat, (8, 8), images, stop=StopRule(target_psnr=15.0), generator=seeded(20))
+    counts = result.counts.reshape(images, -1).double()
+    expected = counts.mean(1, keepdim=True)
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    dof = images * 63
+    assert abs(chi_square - dof) < 5 * math.sqrt(2 * dof), chi_square
+    assert (pseudo_psnr(result.counts).reshape(-1) >= 15.0).all()
+    assert torch.allclose(result.samples.sum((1, 2, 3)), result.counts.sum((1, 2, 3)).float())
+
+
+def test_generation_starts_with_single_photons():
+    recorder = Recorder()
+    generate(flat, (8, 8), 200, stop=StopRule(target_psnr=None, target_photons=5.0), generator=seeded(21), on_step=recorder)
+    added = recorder.states[0].counts.sum((1, 2, 3))
+    assert abs(float(added.mean()) - 1.0) < 0.25  # Poisson(1) photons in the first step
+    assert expected_network_calls(0.0, 10.0) == 11
+
+
+def test_generation_on_the_generator_device_with_a_network(tiny_net):
+    result = generate(tiny_net, (16, 16), 2, stop=StopRule(target_psnr=0.0), generator=seeded(22))
+    assert result.samples.shape == (2, 1, 16, 16) and result.samples.device.type == "cpu"
+    assert result.reached_stop.all()
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        (-torch.ones(1, 1, 8, 8), "non-negative"),
+        (torch.full((1, 1, 8, 8), float("nan")), "NaN"),
+        (torch.ones(8, 8), "shape"),
+        (torch.ones(1, 2, 8, 8), "shape"),
+        (torch.full((1, 1, 8, 8), 1000.0), "30.00 dB"),
+    ],
+)
+def test_bad_counts_raise(counts, message):
+    with pytest.raises(PhotongapError, match=message):
+        accumulate_photons(flat, counts, scale_to=None, generator=seeded(0))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: PhotonSchedule(beta=0.0),
+        lambda: PhotonSchedule(beta=-0.1),
+        lambda: PhotonSchedule(beta=0.5, beta_max=0.1),
+        lambda: StopRule(max_steps=0),
+        lambda: StopRule(target_photons=-1.0),
+        lambda: accumulate_photons(flat, torch.ones(2, 1, 8, 8), scale_to=torch.ones(3)),
+        lambda: accumulate_photons(lambda c: c[..., :4], torch.ones(1, 1, 8, 8), scale_to=None),
+        lambda: accumulate_photons(lambda c: c * float("nan"), torch.ones(1, 1, 8, 8), scale_to=None),
+        lambda: generate(flat, (8,), 1),
+        lambda: generate(flat, (8, 8), 0),
+        lambda: expected_network_calls(1.0, 100.0, PhotonSchedule(beta_max=1.0)),
+    ],
+)
+def test_bad_settings_raise(build):
+    with pytest.raises(PhotongapError):
+        build()
+
+
+def test_step_state_probabilities_sum_to_one():
+    recorder = Recorder()
+    accumulate_photons(flat, torch.ones(2, 1, 8, 8), scale_to=None, stop=StopRule(target_psnr=1.0), generator=seeded(23), on_step=recorder)
+    assert torch.allclose(recorder.states[0].probabilities.sum((1, 2, 3)), torch.ones(2))
