@@ -20,10 +20,11 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, Callable, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class PhotonTransfer:
 
 
 class PhotonTransferFit(NamedTuple):
-    """Result of :func:`fit_photon_transfer`; uncertainties are 1-sigma, bootstrapped over bins."""
+    """Result of :func:`fit_photon_transfer` (a tuple); uncertainties are 1-sigma, from a bootstrap."""
 
     gain: float
     offset: float
@@ -129,10 +130,10 @@ class Calibration:
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
                 raise PhotongapError(f"{name} must be a finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
+            if name == "gain" and value <= 0:
+                raise PhotongapError(f"gain must be positive (ADU per photon), got {value}")
             if name != "offset" and value < 0:
                 raise PhotongapError(f"{name} must not be negative, got {value}")
-        if self.gain <= 0:
-            raise PhotongapError(f"gain must be positive (ADU per photon), got {self.gain}")
         if self.method not in METHODS:
             raise PhotongapError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not isinstance(self.details, dict):
@@ -150,7 +151,9 @@ class Calibration:
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as error:
-            raise PhotongapError(f"{name} is not valid JSON ({error.msg}, line {error.lineno}): provide a file written by Calibration.save") from None
+            raise PhotongapError(
+                f"{name} is not valid JSON ({error.msg}, line {error.lineno}): provide a file written by Calibration.save"
+            ) from None
         if not isinstance(payload, dict):
             raise PhotongapError(f"{name} must hold a JSON object with gain, offset and read_noise")
         missing = [key for key in ("gain", "offset", "read_noise") if key not in payload]
@@ -233,7 +236,7 @@ def saturation_level(values: np.ndarray) -> float | None:
     if at_top < 5 or below.size == 0:
         return None
     high = below[below >= np.partition(below, max(0, below.size - 10 * at_top))[max(0, below.size - 10 * at_top)]]
-    distinct, counts = np.unique(high, return_counts=True)
+    _, counts = np.unique(high, return_counts=True)
     return float(top) if at_top > counts[-10:].max() else None
 
 
@@ -255,7 +258,10 @@ def photon_transfer_from_stack(frames: np.ndarray) -> PhotonTransfer:
     """
     frames = _checked_array(frames, "frames", (3,))
     if frames.shape[0] < MIN_FRAMES:
-        raise PhotongapError(f"frames holds {frames.shape[0]} frame(s); the stack method needs at least {MIN_FRAMES} repeats of the same field: record more frames, or use photon_transfer_from_image")
+        raise PhotongapError(
+            f"frames holds {frames.shape[0]} frame(s); the stack method needs at least {MIN_FRAMES} repeats of the same field: "
+            "record more frames, or use photon_transfer_from_image"
+        )
     if min(frames.shape[1:]) < 3:
         raise PhotongapError(f"frames of {frames.shape[1:]} pixels are too small: provide frames of at least 3x3 pixels")
     level = saturation_level(frames)
@@ -285,7 +291,6 @@ class _BlockModel:
     """Constants for one colour of a checkerboard-split ``block x block`` tile."""
 
     pixels: np.ndarray  # (n,) flat indices of this colour within the tile
-    others: np.ndarray  # (n,) flat indices of the other colour
     basis: np.ndarray  # (n, 6) orthonormal basis of quadratic surfaces over these pixels
     neighbours: np.ndarray  # (n, n) symmetric, e' S e = sum of products of diagonal neighbours
     dof: int
@@ -297,7 +302,7 @@ class _BlockModel:
 @lru_cache(maxsize=16)
 def _block_model(block: int, colour: int) -> _BlockModel:
     y, x = np.mgrid[0:block, 0:block].reshape(2, -1)
-    pixels, others = np.flatnonzero((y + x) % 2 == colour), np.flatnonzero((y + x) % 2 != colour)
+    pixels = np.flatnonzero((y + x) % 2 == colour)
     u, v = (x[pixels] / (block - 1) * 2.0 - 1.0), (y[pixels] / (block - 1) * 2.0 - 1.0)
     basis, _ = np.linalg.qr(np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1))
     complement = np.eye(len(pixels)) - basis @ basis.T
@@ -309,7 +314,7 @@ def _block_model(block: int, colour: int) -> _BlockModel:
     smooth_mean = np.trace(neighbours @ complement) / dof
     centred = complement @ neighbours @ complement - smooth_mean * complement
     smooth_std = math.sqrt(2.0 * np.sum(centred * centred)) / dof
-    return _BlockModel(pixels, others, basis, neighbours, dof, float(np.sum(complement**3)), float(smooth_mean), smooth_std)
+    return _BlockModel(pixels, basis, neighbours, dof, float(np.sum(complement**3)), float(smooth_mean), smooth_std)
 
 
 def photon_transfer_from_image(image: np.ndarray, block: int = 8) -> PhotonTransfer:
@@ -327,8 +332,8 @@ def photon_transfer_from_image(image: np.ndarray, block: int = 8) -> PhotonTrans
     flat tiles but no bias, since the judge's noise is not the judged colour's; its own
     variance only vetoes at the 99.99th percentile. The other colour also gives the tile its
     brightness bin (see ``_binned``); then the colours swap. Because (almost) nothing about a
-    colour's own noise decides whether or where it counts, the kept statistics stay unbiased. Tiles
-    touching the saturation level are dropped too. Edges and texture weaker than the noise
+    colour's own noise decides whether or where it counts, the kept statistics stay unbiased.
+    Tiles touching the saturation level are dropped too. Edges and texture weaker than the noise
     cannot be told from noise: they raise the variance, and so the gain, by a few percent in
     dim images full of sharp edges (smooth structure is harmless).
 
@@ -346,7 +351,9 @@ def photon_transfer_from_image(image: np.ndarray, block: int = 8) -> PhotonTrans
     images = image.reshape(-1, *image.shape[-2:])
     rows, cols = images.shape[1] // block, images.shape[2] // block
     if rows * cols == 0:
-        raise PhotongapError(f"image {image.shape[-2:]} is smaller than one {block}x{block} block: provide a larger image or a smaller block")
+        raise PhotongapError(
+            f"image {image.shape[-2:]} is smaller than one {block}x{block} block: provide a larger image or a smaller block"
+        )
     level = saturation_level(images)
     tiles = images[:, : rows * block, : cols * block].reshape(-1, rows, block, cols, block).swapaxes(2, 3).reshape(-1, block * block)
     mean, variance, third = (np.empty((2, len(tiles))) for _ in range(3))
@@ -377,7 +384,13 @@ def photon_transfer_from_image(image: np.ndarray, block: int = 8) -> PhotonTrans
     # Each colour is judged by the other; its own variance only vetoes the extreme (an edge
     # that clips one pixel of this colour), which leaves a bias below 0.02%.
     keep = ~(textured | (variance > judged * reference) | clipped)[::-1] & (variance <= extreme * reference)
-    details = {"source": "single", "block": block, "units": "half blocks", "units_total": 2 * len(tiles), "units_structured": int((~keep).sum() - 2 * clipped.sum())}
+    details = {
+        "source": "single",
+        "block": block,
+        "units": "half blocks",
+        "units_total": 2 * len(tiles),
+        "units_structured": int((~keep).sum() - 2 * clipped.sum()),
+    }
     _note_saturation(details, level, int(clipped.sum()), f"{block}x{block} blocks")
     return _binned(mean[::-1][keep], mean[keep], variance[keep], third[keep], level, details)
 
@@ -421,9 +434,11 @@ def fit_photon_transfer(
     needs no pixel to be truly dark, but it assumes symmetric read noise and an offset well
     above zero (no clipping of the dark level).
 
-    Both fits are iteratively reweighted least squares (Huber, then Tukey's biweight), each bin
-    weighted by its standard error; bins given zero weight count as rejected. Uncertainties are
-    the standard deviation over ``BOOTSTRAP_SAMPLES`` refits on bins drawn with replacement.
+    Both fits are iteratively reweighted least squares (Huber, then Tukey's biweight); bins
+    given zero weight count as rejected. Uncertainties come from ``BOOTSTRAP_SAMPLES`` refits
+    with every bin's variance and third cumulant perturbed by its standard error, enlarged by
+    the fit's residual scatter when that exceeds 1 (so a poor fit reports a poor precision).
+    Resampling whole bins instead would fail when a few dim bins carry the offset.
 
     Parameters
     ----------
@@ -445,69 +460,86 @@ def fit_photon_transfer(
         raise PhotongapError(f"only {len(eligible)} brightness level(s) have enough pixels to fit the photon transfer curve: {TOO_UNIFORM}")
     generator = np.random.default_rng(0) if generator is None else generator
     num = len(eligible)
-    draws = generator.multinomial(num, np.full(num, 1.0 / num), size=BOOTSTRAP_SAMPLES)
-    multiplicity = np.vstack([np.ones((1, num)), draws]).astype(np.float64)
-    mean, variance, counts = ptc.mean[eligible], ptc.variance[eligible], ptc.counts[eligible]
-    if both_known:
-        design, target = (mean - offset)[:, None], variance - read_noise**2
-    else:
-        design, target = np.stack([mean, np.ones(num)], axis=1), variance
+    mean, variance, third, counts = ptc.mean[eligible], ptc.variance[eligible], ptc.third_cumulant[eligible], ptc.counts[eligible]
+    known = read_noise**2 if both_known else 0.0
+    design = (mean - offset)[:, None] if both_known else np.stack([mean, np.ones(num)], axis=1)
     # A bin's measured error grows with its measured variance, so weighting by it favours bins
     # that came out low and biases the line down. Errors that follow the fitted curve instead,
     # error ~ curve**power / sqrt(count), scaled by the median observed ratio, avoid that.
-    theta, _ = _robust_fit(design, target, ptc.variance_error[eligible], multiplicity[:1])
-    curve = np.maximum(design @ theta[:, 0] + (read_noise**2 if both_known else 0.0), 1e-6 * np.abs(variance).max())
+    data = np.ones((1, num))
+    theta, _ = _robust_fit(design, variance - known, ptc.variance_error[eligible], data)
+    curve = np.maximum(design @ theta[:, 0] + known, 1e-6 * np.abs(variance).max())
     variance_error = _error_model(ptc.variance_error[eligible], counts, curve, 1.0)
+    theta, weights = _robust_fit(design, variance - known, variance_error, data)
+    variance_scatter = _residual_rms(variance - known - design @ theta[:, 0], variance_error, weights[0] > 0)
+    noise = generator.standard_normal((2, BOOTSTRAP_SAMPLES, num))
+    variances = np.vstack([variance, variance + max(1.0, variance_scatter) * variance_error * noise[0]])
+    multiplicity = np.ones((BOOTSTRAP_SAMPLES + 1, num))
     if both_known:
-        (gain,), line_weights = _robust_fit(design, target, variance_error, multiplicity)
-        offsets, read_variance = np.full_like(gain, offset), np.full_like(gain, read_noise**2)
+        (gain,), line_weights = _robust_fit(design, variances - known, variance_error, multiplicity)
+        offsets, read_variance = np.full_like(gain, offset), np.full_like(gain, known)
     else:
-        (gain, intercept), line_weights = _robust_fit(design, target, variance_error, multiplicity)
+        (gain, intercept), line_weights = _robust_fit(design, variances, variance_error, multiplicity)
         if offset is not None:
             offsets = np.full_like(gain, offset)
         elif read_noise is not None:
             offsets = (read_noise**2 - intercept) / gain
         else:
-            scale = gain[:, None] ** 2
             third_error = _error_model(ptc.third_cumulant_error[eligible], counts, curve, 1.5)
+            offset_error = third_error / gain[0] ** 2
+            (first,), third_weights = _robust_fit(np.ones((num, 1)), mean - third / gain[0] ** 2, offset_error, line_weights[:1] > 0)
+            third_scatter = _residual_rms(mean - third / gain[0] ** 2 - first[0], offset_error, third_weights[0] > 0)
+            thirds = np.vstack([third, third + max(1.0, third_scatter) * third_error * noise[1]])
+            scale = gain[:, None] ** 2
             (offsets,), third_weights = _robust_fit(
-                np.ones((num, 1)),
-                mean - ptc.third_cumulant[eligible] / scale,
-                third_error / np.abs(scale),
-                multiplicity * (line_weights > 0),
+                np.ones((num, 1)), mean - thirds / scale, third_error / scale, multiplicity * (line_weights > 0)
             )
         read_variance = intercept + gain * offsets
     read_noises = np.sqrt(np.maximum(read_variance, 0.0))
-    spread = [float(np.nanstd(values[1:])) if len(values) > 1 else 0.0 for values in (gain, offsets, read_noises)]
+    spread = [float(np.nanstd(values[1:])) for values in (gain, offsets, read_noises)]
     used = np.zeros_like(ptc.used)
     used[eligible] = line_weights[0] > 0
     if not (np.isfinite(gain[0]) and spread[0] <= 0.5 * abs(gain[0])):
-        raise PhotongapError(f"the photon transfer curve is too flat or too noisy to fit a slope (gain {gain[0]:.3g} ± {spread[0]:.2g} ADU/photon): {TOO_UNIFORM}")
+        raise PhotongapError(
+            f"the photon transfer curve is too flat or too noisy to fit a slope (gain {gain[0]:.3g} ± {spread[0]:.2g} ADU/photon): "
+            f"{TOO_UNIFORM}"
+        )
     if gain[0] <= 0:
         raise PhotongapError(f"{NEGATIVE_GAIN} (fitted {gain[0]:.3g} ADU/photon)")
     if read_variance[0] < 0:
         warnings.warn(
-            f"the fitted read noise variance is negative ({read_variance[0]:.3g} ADU^2); read noise set to 0. Dark frames would measure it directly.",
+            f"the fitted read noise variance is negative ({read_variance[0]:.3g} ADU^2); read noise set to 0. "
+            "Dark frames would measure it directly.",
+            stacklevel=2,
+        )
+    if variance_scatter > 3.0:
+        warnings.warn(
+            f"the noise does not follow a line in the mean (bins scatter {variance_scatter:.1f} times their errors): the frames may not "
+            "repeat a static field, or the data was processed (scaled non-linearly, filtered, compressed); the calibration is unreliable.",
             stacklevel=2,
         )
     if offset is None and read_noise is None and spread[1] > gain[0]:
         warnings.warn(
-            f"the offset is poorly constrained (± {spread[1]:.2g} ADU, more than one photon): the data has too few dim pixels; provide dark frames.",
+            f"the offset is poorly constrained (± {spread[1]:.2g} ADU, more than one photon): the data has too few dim pixels; "
+            "provide dark frames.",
             stacklevel=2,
         )
-    z = (variance - (gain[0] * (mean - offsets[0]) + read_variance[0])) / variance_error
     details = {
         "bins": num,
         "bins_used": int(used.sum()),
-        "fit_residual_rms": float(np.sqrt(np.mean(z[used[eligible]] ** 2))),
+        "fit_residual_rms": variance_scatter,
         "offset_source": "given" if offset is not None else ("read noise and intercept" if read_noise is not None else "third cumulant"),
         "bootstrap_samples": BOOTSTRAP_SAMPLES,
     }
     if offset is None and read_noise is None:
         details["offset_bins_used"] = int((third_weights[0] > 0).sum())
-    return PhotonTransferFit(
-        float(gain[0]), float(offsets[0]), float(read_noises[0]), *spread, replace(ptc, used=used), details
-    )
+        details["offset_residual_rms"] = third_scatter
+    return PhotonTransferFit(float(gain[0]), float(offsets[0]), float(read_noises[0]), *spread, replace(ptc, used=used), details)
+
+
+def _residual_rms(residual: np.ndarray, error: np.ndarray, kept: np.ndarray) -> float:
+    """Root mean square of the standardised residuals of the kept bins (1 for a good fit)."""
+    return float(np.sqrt(np.mean((residual[kept] / error[kept]) ** 2))) if kept.any() else float("inf")
 
 
 def calibrate(
@@ -540,7 +572,7 @@ def calibrate(
 
     Examples
     --------
-    >>> scene = np.linspace(1.0, 200.0, 64 * 64).reshape(64, 64)
+    >>> scene = np.linspace(0.0, 10.0, 128)[None, :].repeat(128, axis=0) ** 2  # 0 to 100 photons
     >>> frames = simulate_camera(scene, gain=2.0, offset=100.0, read_noise=2.0, n_frames=20,
     ...                          generator=np.random.default_rng(0))
     >>> calibration = calibrate(frames)
@@ -556,7 +588,8 @@ def calibrate(
         if data.ndim != 3 or data.shape[0] < MIN_FRAMES:
             got = "a single (Y, X) image" if data.ndim == 2 else f"{data.shape[0]} frame(s)"
             raise PhotongapError(
-                f"the stack method needs at least {MIN_FRAMES} repeated frames of the same field (T, Y, X), got {got}: record more frames, or pass method='single' to calibrate from single images"
+                f"the stack method needs at least {MIN_FRAMES} repeated frames of the same field (T, Y, X), got {got}: "
+                "record more frames, or pass method='single' to calibrate from single images"
             )
         ptc = photon_transfer_from_stack(data)
     else:
@@ -590,9 +623,19 @@ def plot_photon_transfer(ptc: PhotonTransfer, calibration: Calibration, path: st
     axes = figure.add_subplot()
     for mask, style, label in ((ptc.used, dict(fmt="o", color="C0"), "used"), (~ptc.used, dict(fmt="x", color="C3"), "rejected")):
         if mask.any():
-            axes.errorbar(ptc.mean[mask], ptc.variance[mask], yerr=ptc.variance_error[mask], ms=4, capsize=2, label=f"{label} ({mask.sum()} bins)", **style)
+            axes.errorbar(
+                ptc.mean[mask],
+                ptc.variance[mask],
+                yerr=ptc.variance_error[mask],
+                ms=4,
+                capsize=2,
+                label=f"{label} ({mask.sum()} bins)",
+                **style,
+            )
     line = np.linspace(min(calibration.offset, ptc.mean.min()), ptc.mean.max(), 200)
-    axes.plot(line, calibration.gain * (line - calibration.offset) + calibration.read_noise**2, "k-", label="gain·(mean − offset) + read noise²")
+    axes.plot(
+        line, calibration.gain * (line - calibration.offset) + calibration.read_noise**2, "k-", label="gain·(mean − offset) + read noise²"
+    )
     axes.axvline(calibration.offset, color="0.6", linestyle=":", label="offset")
     text = (
         f"gain       = {calibration.gain:.4g} ± {calibration.gain_uncertainty:.2g} ADU/photon\n"
@@ -600,7 +643,17 @@ def plot_photon_transfer(ptc: PhotonTransfer, calibration: Calibration, path: st
         f"read noise = {calibration.read_noise:.3g} ± {calibration.read_noise_uncertainty:.2g} ADU\n"
         f"method: {calibration.method}"
     )
-    axes.text(0.02, 0.98, text, transform=axes.transAxes, va="top", ha="left", family="monospace", fontsize=9, bbox=dict(boxstyle="round", facecolor="white", alpha=0.9))
+    axes.text(
+        0.02,
+        0.98,
+        text,
+        transform=axes.transAxes,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=9,
+        bbox=dict(boxstyle="round", facecolor="white", alpha=0.9),
+    )
     axes.set_xlabel("mean signal (ADU)")
     axes.set_ylabel("noise variance (ADU²)")
     axes.set_title("Photon transfer curve")
@@ -619,7 +672,9 @@ def _checked_array(data: Any, what: str, ndims: tuple[int, ...]) -> np.ndarray:
         raise PhotongapError(f"{what} is empty: provide raw camera frames")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise PhotongapError(f"{what} holds {bad} NaN or Inf value(s): provide raw camera frames, without masking, division or background subtraction")
+        raise PhotongapError(
+            f"{what} holds {bad} NaN or Inf value(s): provide raw camera frames, without masking, division or background subtraction"
+        )
     return array
 
 
@@ -744,7 +799,8 @@ def _dark_statistics(dark: np.ndarray, *, temporal: bool) -> tuple[float, float,
     else:
         if temporal:
             warnings.warn(
-                "a single dark frame's spread includes fixed-pattern noise; a stack of dark frames gives the temporal read noise that the stack method needs",
+                "a single dark frame's spread includes fixed-pattern noise; a stack of dark frames gives the temporal read noise "
+                "that the stack method needs",
                 stacklevel=3,
             )
         read_noise = _clipped_mean_std(frames - np.median(frames, axis=(1, 2), keepdims=True))[1]

@@ -72,7 +72,7 @@ def _camera(gain: float | None, offset: float | None, calibration: Path | None):
         from photongap.calibration import Calibration
 
         loaded = Calibration.load(calibration)
-        return Camera(gain=loaded.gain, offset=loaded.offset)
+        return Camera(gain=loaded.gain, offset=loaded.offset, read_noise=loaded.read_noise)
     return Camera(gain=gain, offset=offset)
 
 
@@ -329,7 +329,7 @@ def calibrate(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Estimate camera gain (ADU/photon), offset (ADU) and read noise (ADU) from the data itself."""
-    from photongap.calibration import calibrate_files
+    from photongap.pipeline import calibrate_files
 
     if out.exists() and not overwrite:
         raise PhotongapError(f"{out}: already exists; pass --overwrite to replace it")

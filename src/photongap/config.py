@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -25,6 +26,50 @@ PresetName = Literal["default", "paper"]
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise PhotongapError(f"invalid configuration: {message}")
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    return {int: "a whole number", float: "a number", type(None): "null"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(fits, value)``: whether ``value`` fits the type ``hint``, and the value as that type."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint), value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(hint):
+            fits, coerced = _coerce(value, arg)
+            if fits:
+                return True, coerced
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if isinstance(value, bool):
+        return False, value
+    if hint is int:
+        return isinstance(value, int), value
+    if hint is float:
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+    return False, value
+
+
+def _check_types(config: Any, section: str) -> None:
+    """Check every field against its annotation, converting numbers where that is exact."""
+    for name, hint in get_type_hints(type(config)).items():
+        fits, value = _coerce(getattr(config, name), hint)
+        _check(fits, f"{section}.{name} must be {_describe(hint)}, got {getattr(config, name)!r}")
+        object.__setattr__(config, name, value)
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,7 @@ class ModelConfig:
     sine_levels: int = 10
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _check(self.depth >= 1, "model.depth must be at least 1")
         _check(self.start_filters >= 1, "model.start_filters must be at least 1")
         _check(self.sine_levels >= 1, "model.sine_levels must be at least 1")
@@ -115,6 +161,7 @@ class TrainConfig:
     time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, "training")
         _check(self.steps >= 1, "training.steps must be at least 1")
         _check(self.batch_size >= 1, "training.batch_size must be at least 1")
         _check(self.patch_size >= 8, "training.patch_size must be at least 8")
@@ -123,12 +170,7 @@ class TrainConfig:
         _check(0.0 <= self.val_fraction < 1.0, "training.val_fraction must be in [0, 1)")
         _check(self.val_every >= 1, "training.val_every must be at least 1")
         _check(self.time_limit_minutes is None or self.time_limit_minutes > 0, "training.time_limit_minutes must be positive")
-        for name in ("schedule", "split_mode", "precision"):
-            allowed = get_args(_LITERALS[name])
-            _check(getattr(self, name) in allowed, f"training.{name} must be one of {', '.join(allowed)}")
 
-
-_LITERALS = {"schedule": Schedule, "split_mode": SplitMode, "precision": Precision}
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
@@ -189,8 +231,14 @@ def load_yaml(path: str | Path, base: tuple[ModelConfig, TrainConfig] | None = N
         raise PhotongapError(f"cannot read config {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise PhotongapError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(document, dict) or set(document) - {"model", "training"}:
-        raise PhotongapError(f"config {path}: expected top-level keys 'model' and/or 'training'")
+    if not isinstance(document, dict):
+        raise PhotongapError(f"config {path}: expected a mapping with 'model' and/or 'training' sections")
+    unknown = sorted(map(str, set(document) - {"model", "training"}))
+    if unknown:
+        raise PhotongapError(f"config {path}: unknown section(s) {', '.join(unknown)}; expected 'model' and/or 'training'")
+    for section in ("model", "training"):
+        if not isinstance(document.get(section) or {}, dict):
+            raise PhotongapError(f"config {path}: section '{section}' must be a mapping of keys to values")
     model = from_dict(ModelConfig, {**to_dict(model), **(document.get("model") or {})}, f"config {path}, model")
     training = from_dict(TrainConfig, {**to_dict(training), **(document.get("training") or {})}, f"config {path}, training")
     return model, training

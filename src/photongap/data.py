@@ -25,17 +25,19 @@ def augment(patch: np.ndarray, symmetry: int) -> np.ndarray:
 
 
 class PatchDataset(Dataset):
-    """``length`` random square patches from a set of 2D count images.
+    """``length`` random square patches from a set of 2D count images, numbered from ``start``.
 
     Images are drawn in proportion to their area, the position uniformly, the symmetry
-    uniformly among 8. Item ``i`` is ``(1, P, P)`` float32 and depends only on ``(seed, i)``.
+    uniformly among 8. Item ``i`` is ``(1, P, P)`` float32 and depends only on
+    ``(seed, start + i)``, so a resumed run continues with the patches it had not seen.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], patch_size: int, length: int, seed: int) -> None:
+    def __init__(self, images: Sequence[np.ndarray], patch_size: int, length: int, seed: int, start: int = 0) -> None:
         self.images = list(images)
         self.patch_size = patch_size
         self.length = length
         self.seed = seed
+        self.start = start
         areas = np.array([image.size for image in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
 
@@ -43,7 +45,7 @@ class PatchDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng([self.seed, self.start + index])
         image = self.images[rng.choice(len(self.images), p=self.weights)]
         y = rng.integers(0, image.shape[0] - self.patch_size + 1)
         x = rng.integers(0, image.shape[1] - self.patch_size + 1)
@@ -116,9 +118,8 @@ class GapDataModule(L.LightningDataModule):
                 raise PhotongapError(f"{name}: expected 2D planes for training, got shape {image.shape}")
             if min(image.shape) < patch_size:
                 raise PhotongapError(f"{name}: image of {image.shape[0]}x{image.shape[1]} px is smaller than the patch size {patch_size}; use a smaller --patch-size")
-        train_images, val_images = hold_out(images, val_fraction, patch_size)
-        self.train_set = PatchDataset(train_images, patch_size, steps * batch_size, seed)
-        self.batch_size = batch_size
+        self.train_images, val_images = hold_out(images, val_fraction, patch_size)
+        self.patch_size, self.batch_size, self.steps, self.seed = patch_size, batch_size, steps, seed
         self.val_split = None
         if val_images:
             counts = torch.from_numpy(grid_patches(val_images, patch_size, validation_patches))[:, None]
@@ -127,7 +128,10 @@ class GapDataModule(L.LightningDataModule):
             self.val_split = split_counts(counts, fraction, generator)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=0, drop_last=True)
+        # Called after a checkpoint is restored: a resumed run starts at the patches it had not seen.
+        done = self.trainer.global_step * self.batch_size if self.trainer is not None else 0
+        patches = PatchDataset(self.train_images, self.patch_size, max(self.steps * self.batch_size - done, self.batch_size), self.seed, start=done)
+        return DataLoader(patches, batch_size=self.batch_size, shuffle=False, num_workers=0, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_split is None:

@@ -223,7 +223,7 @@ class GapModel:
         base = self.logits_fn(device, precision)
         multiple = self.config.size_multiple
         if tile is not None and max(shape) > tile:
-            return tiled(base, tile=tile, overlap=DEFAULT_OVERLAP, multiple=multiple, batch_size=batch_size)
+            return tiled(base, tile=tile, overlap=min(DEFAULT_OVERLAP, tile // 4), multiple=multiple, batch_size=batch_size)
         return padded(base, multiple, batch_size)
 
     def sample(

@@ -25,15 +25,33 @@ ROWS_PER_BLOCK = 1024
 class Camera:
     """How stored values become photon counts: ``counts = (value - offset) / gain``.
 
-    The default (no gain, no offset) means the files already hold photon counts.
+    The default (no gain, no offset) means the files already hold photon counts. With
+    ``read_noise`` (ADU, e.g. from a calibration) the counts are shifted by :attr:`shift`
+    photons before rounding, which makes Poisson-plus-Gaussian camera data near-Poisson
+    (:func:`photongap.physics.adu_to_counts_with_read_noise`); results have the shift
+    subtracted again.
     """
 
     gain: float | None = None
     offset: float | None = None
+    read_noise: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.read_noise is not None and (self.gain is None or not self.read_noise >= 0):
+            raise PhotongapError(f"read noise must be non-negative ADU and comes with the camera gain, got read noise {self.read_noise} and gain {self.gain}")
 
     @property
     def converts(self) -> bool:
         return self.gain is not None or self.offset is not None
+
+    @property
+    def shift(self) -> float:
+        """Photons added to every pixel before denoising: ``(read_noise / gain)**2``, 0 without read noise.
+
+        The read-noise variance in photon units: adding it gives the counts a variance equal
+        to their mean, as for Poisson data.
+        """
+        return (self.read_noise / self.gain) ** 2 if self.read_noise else 0.0
 
     def to_adu(self, photons: np.ndarray) -> np.ndarray:
         """Photon units back to camera units: ``photons * gain + offset``."""
@@ -48,7 +66,12 @@ class CountsView:
         self.shape, self.ndim, self.dtype = tuple(plane.shape), 2, np.dtype(np.float32)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return to_counts(np.asarray(self.plane[key]), gain=self.camera.gain, offset=self.camera.offset, name=self.name)
+        camera = self.camera
+        offset = camera.offset
+        if camera.shift:
+            # (adu - (offset - shift * gain)) / gain = (adu - offset) / gain + shift: shifted before rounding.
+            offset = (offset or 0.0) - camera.shift * camera.gain
+        return to_counts(np.asarray(self.plane[key]), gain=camera.gain, offset=offset, name=self.name)
 
 
 def _plane_name(image: Image, index: tuple[int, ...]) -> str:
@@ -98,7 +121,9 @@ def denoise_file(
     """MMSE-denoise every plane of ``image`` into ``out_path`` (same shape and axes, float32).
 
     Values are in the photon units of the input exposure, or in camera units with
-    ``output_units="adu"`` (then ``camera`` must give the gain). Planes are read and
+    ``output_units="adu"`` (then ``camera`` must give the gain). A camera with read noise
+    denoises counts shifted by ``camera.shift`` photons and subtracts it from the result
+    (which may then dip slightly below 0 in dark pixels). Planes are read and
     written piece by piece, so images larger than memory work with memory-mappable or
     Zarr inputs and outputs.
     """
@@ -109,6 +134,8 @@ def denoise_file(
     description = f"photongap MMSE denoising (GAP), values in {output_units}" + (
         f" (gain {camera.gain:g} ADU/photon, offset {camera.offset or 0:g} ADU)" if camera.converts else ""
     )
+    if camera.shift:
+        description += f"; read noise {camera.read_noise:g} ADU: {camera.shift:.4g} photons added before denoising, subtracted after"
     with ImageWriter(out_path, image.plane_shape, image.plane_axes, like=image, description=description, overwrite=overwrite) as writer:
         for index, plane in iter_planes(image):
             counts = CountsView(plane, camera, _plane_name(image, index))
@@ -116,10 +143,12 @@ def denoise_file(
             result = model.denoise(
                 counts, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision, out=target, progress=progress
             )
-            if output_units == "adu":
+            if camera.shift or output_units == "adu":
                 for start in range(0, result.shape[0], ROWS_PER_BLOCK):
                     rows = slice(start, start + ROWS_PER_BLOCK)
-                    result[rows] = camera.to_adu(result[rows])
+                    result[rows] -= camera.shift
+                    if output_units == "adu":
+                        result[rows] = camera.to_adu(result[rows])
             if target is None:
                 writer.array[index] = result
     return out_path
@@ -144,7 +173,9 @@ def sample_file(
 ) -> tuple[list[Path], int]:
     """Posterior samples of every plane: ``NAME_samples.tif`` (n, ...), ``NAME_mean.tif``, ``NAME_std.tif``.
 
-    Returns the paths written and the network calls per sample of the last plane.
+    A camera with read noise samples from shifted counts; the shift is subtracted from the
+    samples and their mean (the std is unchanged). Returns the paths written and the network
+    calls per sample of the last plane.
     """
     shape = image.plane_shape
     samples = np.empty((n, *shape), dtype=np.float32)
@@ -157,6 +188,8 @@ def sample_file(
         posterior: PosteriorSamples = model.sample(CountsView(plane, camera, _plane_name(image, index))[:, :], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
+    samples -= camera.shift
+    mean -= camera.shift
     if output_units == "adu":
         if not camera.converts:
             raise PhotongapError("--output-units adu needs the camera's --gain/--offset or --calibration")
@@ -171,3 +204,34 @@ def sample_file(
         write_image(out_dir / f"{stem}_std.tif", std, axes, like=image, description=description + "; per-pixel standard deviation", overwrite=overwrite),
     ]
     return paths, calls
+
+
+def _stacked(paths: Sequence[Path], axes: str | None) -> np.ndarray:
+    """One file as it is (a (T, Y, X) stack or a (Y, X) image), or several same-size images stacked."""
+    arrays = [np.asarray(read_image(path, axes).data) for path in paths]
+    if len(arrays) == 1:
+        return arrays[0]
+    if len({array.shape for array in arrays}) > 1 or arrays[0].ndim != 2:
+        raise PhotongapError("several calibration inputs must be 2D images of one size (frames of the same field); or give one (T, Y, X) stack")
+    return np.stack(arrays)
+
+
+def calibrate_files(inputs: Sequence[Path], *, dark: Sequence[Path] | None = None, axes: str | None = None, plot: Path | None = None):
+    """Camera calibration from image files (see :func:`photongap.calibration.calibrate`).
+
+    A ``(T, Y, X)`` stack (or several frames of one field) uses the photon transfer of each
+    pixel over time; a single image uses its flat regions. ``plot`` draws the photon
+    transfer curve with the fit.
+    """
+    from photongap.calibration import calibrate, photon_transfer_from_image, photon_transfer_from_stack, plot_photon_transfer
+    from photongap.io import find_images
+
+    data = _stacked(find_images(inputs), axes)
+    dark_data = _stacked(find_images(dark), axes) if dark else None
+    if data.ndim not in (2, 3):
+        raise PhotongapError(f"calibration takes a (T, Y, X) stack or (Y, X) images, got shape {data.shape}; use --axes to say which axis is time")
+    calibration = calibrate(data, dark=dark_data)
+    if plot is not None:
+        transfer = photon_transfer_from_stack(data) if calibration.method.endswith("stack") else photon_transfer_from_image(data)
+        plot_photon_transfer(transfer, calibration, plot)
+    return calibration

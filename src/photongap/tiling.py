@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from photongap.errors import PhotongapError
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps counts ``(B, 1, Y, X)`` float32 (sides multiples of the network's size multiple) to logits of the same shape."""
 
@@ -48,13 +50,22 @@ def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
 
 
 def _axis_windows(size: int, tile: int, margin: int, multiple: int) -> Iterator[tuple[np.ndarray, slice, slice]]:
-    """Windows along one axis: (indices read, core in image, core in window)."""
-    window = min(tile, round_up(size + 2 * margin, multiple))
+    """Windows along one axis: (indices read, core in image, core in window).
+
+    Windows lie inside the axis reflect-padded to ``multiple`` (what an untiled pass sees)
+    and start on multiples of ``multiple``, so each window pools on the same grid as the
+    untiled pass and border pixels see the same context: tiled logits match untiled ones.
+    """
+    padded = round_up(size, multiple)
+    window = min(tile, padded)
+    if window == padded:
+        yield _reflect(np.arange(padded), size), slice(0, size), slice(0, size)
+        return
     core = window - 2 * margin
     for start in range(0, size, core):
         stop = min(start + core, size)
-        indices = _reflect(np.arange(start - margin, start - margin + window), size)
-        yield indices, slice(start, stop), slice(margin, margin + stop - start)
+        first = min(max((start - margin) // multiple * multiple, 0), padded - window)
+        yield _reflect(np.arange(first, first + window), size), slice(start, stop), slice(start - first, stop - first)
 
 
 def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple: int) -> list[Tile]:
@@ -67,7 +78,8 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple:
     tile : int or None
         Tile side in pixels (rounded up to ``multiple``); None means one tile, the whole image.
     overlap : int
-        Pixels shared by neighbouring windows; each side of a core has ``overlap // 2`` of context.
+        Pixels shared by neighbouring windows; each side of a core has about ``overlap // 2``
+        of context, at least ``multiple`` (windows are aligned to the network's pooling grid).
     multiple : int
         The network's size multiple; windows are padded (by reflection) to it.
     """
@@ -76,9 +88,9 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple:
         tile, margin = round_up(max(height, width), multiple), 0
     else:
         tile = round_up(tile, multiple)
-        margin = overlap // 2
+        margin = max(overlap // 2, multiple)
         if tile - 2 * margin < multiple:
-            raise ValueError(f"overlap {overlap} leaves no core in tiles of {tile} px")
+            raise PhotongapError(f"tiles of {tile} px leave no room for {margin} px of context on each side; use a larger --tile or a smaller --overlap")
     tiles = []
     for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple):
         for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple):

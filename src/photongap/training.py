@@ -137,7 +137,8 @@ class RunFiles(L.Callback):
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.csv"
 
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Not on_fit_start: Lightning restores global_step from a checkpoint only after it.
         if not trainer.is_global_zero:
             return
         rows = read_metrics(self.metrics_path) if trainer.global_step > 0 else []
@@ -229,6 +230,7 @@ def train(
     strategy: str = "auto",
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
     extra_info: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a GAP network on noisy photon-count images alone.
@@ -245,6 +247,8 @@ def train(
         Passed to Lightning's Trainer (``device`` is its accelerator: auto, cpu or cuda).
     resume : bool
         Continue from ``run_dir/last.ckpt``.
+    callbacks : sequence of lightning.Callback
+        Extra callbacks for the Trainer (e.g. to evaluate during training).
 
     Examples
     --------
@@ -279,7 +283,7 @@ def train(
     )
     module = GapLightningModule(model_config, train_config, channels_last=bf16)
     run_files = RunFiles(run_dir, checkpoint_every=max(1, min(100, train_config.val_every)))
-    callbacks: list[L.Callback] = [run_files]
+    callbacks = [run_files, *callbacks]
     if progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=5))
     trainer = L.Trainer(

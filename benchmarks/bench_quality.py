@@ -1,0 +1,84 @@
+"""Denoising quality against training time: PSNR on the 8 held-out demo images during training.
+
+Trains a preset on the demo data simulated at a photon level, evaluates the MMSE PSNR on the
+held-out images every ``--eval-every`` steps; the evaluation time is excluded from the
+training clock. Prints the curve (step, minutes, PSNR) and the final figures.
+
+    .venv/bin/python benchmarks/bench_quality.py --preset paper --level 1 --steps 600
+    .venv/bin/python benchmarks/bench_quality.py --preset default --level 1 --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import lightning as L
+
+from common import OUTPUT, demo_split, mean_psnr, noisy_psnr, report
+from photongap.config import override, preset
+from photongap.model import GapModel
+from photongap.training import train
+
+
+class QualityCurve(L.Callback):
+    """PSNR on held-out images every few steps, with its own time taken off the training clock."""
+
+    def __init__(self, test, clean, every: int, precision: str) -> None:
+        self.test, self.clean, self.every, self.precision = test, clean, every, precision
+        self.started = time.monotonic()
+        self.excluded = 0.0
+        self.points: list[dict] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        if trainer.global_step % self.every:
+            return
+        began = time.monotonic()
+        minutes = (began - self.started - self.excluded) / 60
+        model = GapModel(module.network, module.model_config)
+        psnr = mean_psnr(model, self.test, self.clean, precision=self.precision, device=module.device)
+        module.network.train()
+        self.excluded += time.monotonic() - began
+        self.points.append({"step": trainer.global_step, "minutes": round(minutes, 3), "psnr": round(psnr, 2)})
+        print(f"  step {trainer.global_step:5d}  {minutes:6.2f} min  {psnr:6.2f} dB", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--level", type=float, default=1.0, help="photons per pixel")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--minutes", type=float, default=None, help="time limit (the schedule anneals by it)")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model_config, train_config = preset(args.preset)
+    train_config = override(train_config, steps=args.steps, time_limit_minutes=args.minutes, seed=args.seed, val_fraction=0.0)
+    train_images, test, clean = demo_split(args.level)
+    name = f"quality_{args.preset}_{args.level:g}ppx_{args.steps}"
+    run_dir = OUTPUT / "models" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    curve = QualityCurve(test, clean, args.eval_every, train_config.precision)
+    started = time.monotonic()
+    result = train(train_images, run_dir, model_config=model_config, train_config=train_config, progress=False, callbacks=[curve])
+    wall = time.monotonic() - started - curve.excluded
+    final = mean_psnr(GapModel.load(result.model_path), test, clean, precision=train_config.precision)
+    report(
+        name,
+        {
+            "preset": args.preset,
+            "photons_per_pixel": args.level,
+            "steps": result.steps,
+            "train_minutes": round(wall / 60, 2),
+            "seconds_per_step": round(wall / max(result.steps, 1), 3),
+            "psnr_noisy": round(noisy_psnr(test, clean), 2),
+            "psnr": round(final, 2),
+            "curve": curve.points,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""GapModel.sample and GapModel.generate: shapes, photon units, reproducibility, large images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from photongap.errors import PhotongapError
+from photongap.sampling import PhotonSchedule, StepState
+
+
+def level_db(counts: np.ndarray) -> float:
+    return 10 * math.log10(float(counts.mean()))
+
+
+def test_sample_returns_n_samples_in_the_photon_units_of_the_input(tiny_model, poisson_image):
+    counts = poisson_image((30, 26), 2.0)  # sides not multiples of 4: padded for the network
+    posterior = tiny_model.sample(counts, n=3, target_psnr=level_db(counts) + 3, device="cpu", precision="fp32")
+    assert posterior.samples.shape == (3, 30, 26) and posterior.samples.dtype == np.float32
+    assert posterior.mean.shape == posterior.std.shape == (30, 26)
+    total = float(counts.sum())
+    for sample in posterior.samples:
+        assert (sample >= 0).all()
+        assert float(sample.sum(dtype=np.float64)) == pytest.approx(total, rel=1e-3)
+    np.testing.assert_allclose(posterior.mean, posterior.samples.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(posterior.std, posterior.samples.std(axis=0, ddof=1), rtol=1e-5, atol=1e-7)
+    assert (posterior.std >= 0).all() and posterior.std.max() > 0  # the samples differ
+    # 3 dB is a doubling; at beta = 0.1 each step adds ~0.41 dB.
+    assert 5 <= posterior.steps <= 10 and posterior.network_calls == posterior.steps + 1
+
+
+def test_same_seed_same_samples_other_seed_other_samples(tiny_model, poisson_image):
+    counts = poisson_image((24, 24), 1.0)
+    run = lambda seed: tiny_model.sample(counts, n=2, target_psnr=2.0, seed=seed, device="cpu", precision="fp32")  # noqa: E731
+    first, again, other = run(5), run(5), run(6)
+    np.testing.assert_array_equal(first.samples, again.samples)
+    assert not np.array_equal(first.samples, other.samples)
+
+
+def test_one_sample_has_zero_std_and_steps_are_reported(tiny_model, poisson_image):
+    counts = poisson_image((16, 20), 1.0)
+    states: list[StepState] = []
+    posterior = tiny_model.sample(
+        counts, n=1, target_psnr=3.0, schedule=PhotonSchedule(beta=0.5), device="cpu", precision="fp32", on_step=states.append
+    )
+    assert posterior.samples.shape == (1, 16, 20)
+    assert not posterior.std.any()
+    assert len(states) == posterior.steps >= 1
+    totals = [float(state.counts.sum()) for state in states]
+    assert totals == sorted(totals) and totals[0] >= float(counts.sum())  # photons are only added
+    assert bool(states[-1].done.all())
+
+
+def test_tiled_sampling_of_an_image_larger_than_the_tile(tiny_model, poisson_image):
+    counts = poisson_image((100, 120), 1.0)
+    posterior = tiny_model.sample(counts, n=2, target_psnr=0.5, tile=96, device="cpu", precision="fp32")
+    assert posterior.samples.shape == (2, 100, 120)
+    np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2)), counts.sum(), rtol=1e-3)
+
+
+def test_sampling_with_a_small_tile_works(tiny_model, poisson_image):
+    counts = poisson_image((80, 90), 1.0)
+    posterior = tiny_model.sample(counts, n=1, target_psnr=0.5, tile=64, device="cpu", precision="fp32")
+    assert posterior.samples.shape == (1, 80, 90)
+
+
+def test_sample_rejects_bad_input(tiny_model, poisson_image):
+    counts = poisson_image((16, 16), 1.0)
+    with pytest.raises(PhotongapError, match="2D image"):
+        tiny_model.sample(np.stack([counts, counts]), n=2, device="cpu")
+    with pytest.raises(PhotongapError, match="at least 1"):
+        tiny_model.sample(counts, n=0, device="cpu")
+    with pytest.raises(PhotongapError, match="not above"):
+        tiny_model.sample(counts * 1000, n=1, target_psnr=20.0, device="cpu")
+
+
+def test_generate_returns_images_of_any_size(tiny_model):
+    posterior = tiny_model.generate(3, (40, 50), target_psnr=-10.0, seed=1, device="cpu", precision="fp32")
+    assert posterior.samples.shape == (3, 40, 50) and posterior.mean.shape == (40, 50)
+    # From an empty canvas to 0.1 photons/px: the samples hold the final photons.
+    for sample in posterior.samples:
+        assert (sample >= 0).all()
+        assert 10 * math.log10(float(sample.mean(dtype=np.float64))) >= -10.0 - 1e-3
+    again = tiny_model.generate(3, (40, 50), target_psnr=-10.0, seed=1, device="cpu", precision="fp32")
+    np.testing.assert_array_equal(posterior.samples, again.samples)
+    with pytest.raises(PhotongapError, match="generate needs"):
+        tiny_model.generate(0, (40, 50), device="cpu")
+    with pytest.raises(PhotongapError, match="generate needs"):
+        tiny_model.generate(1, (40,), device="cpu")
+
+
+def test_a_1024_square_sample_runs_on_cpu(tiny_model):
+    counts = np.random.default_rng(0).poisson(1.0, size=(1024, 1024)).astype(np.float32)
+    # 0 dB in, 0.3 dB out: one step of beta = 0.1 (+0.41 dB), two network calls.
+    posterior = tiny_model.sample(counts, n=2, target_psnr=0.3, device="cpu")
+    assert posterior.samples.shape == (2, 1024, 1024)
+    assert posterior.steps == 1 and posterior.network_calls == 2
+    np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2), dtype=np.float64), counts.sum(), rtol=1e-3)
+    assert np.isfinite(posterior.samples).all() and posterior.std.shape == (1024, 1024)

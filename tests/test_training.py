@@ -1,0 +1,324 @@
+"""Training: the run folder, reproducibility, resuming, time limits, the model file, the data
+module, and a short training on real noisy data that beats the untrained network."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from photongap.config import ModelConfig, TrainConfig, to_dict
+from photongap.data import GapDataModule, PatchDataset, augment, hold_out
+from photongap.errors import PhotongapError
+from photongap.model import FORMAT, FORMAT_VERSION, GapModel
+from photongap.network import GapUNet
+from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
+from photongap.training import TrainResult, read_metrics, train
+
+
+def noisy_images(count: int = 3, shape: tuple[int, int] = (72, 80), level: float = 3.0, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 4, shape[0]), np.linspace(0, 5, shape[1]), indexing="ij")
+    clean = level * (1 + np.sin(y) * np.cos(x))
+    return [rng.poisson(clean).astype(np.float32) for _ in range(count)]
+
+
+def quick_config(**changes) -> TrainConfig:
+    values = dict(steps=6, batch_size=4, patch_size=32, val_every=3, precision="fp32", seed=0)
+    return TrainConfig(**{**values, **changes})
+
+
+def quick_train(run_dir: Path, tiny_config: ModelConfig, images=None, **changes) -> TrainResult:
+    resume = changes.pop("resume", False)
+    return train(
+        images if images is not None else noisy_images(), run_dir, model_config=tiny_config,
+        train_config=quick_config(**changes), device="cpu", progress=False, resume=resume,
+    )
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return GapModel.load(path).network.state_dict()
+
+
+# --- the run folder and the model file ---------------------------------------------------
+
+
+def test_a_short_run_writes_the_run_folder_and_a_usable_model(tmp_path, tiny_config):
+    images = noisy_images()
+    result = quick_train(tmp_path / "run", tiny_config, images)
+    assert result.steps == 6 and not result.stopped_early and result.elapsed_s > 0
+    assert result.model_path == tmp_path / "run" / "model.pt"
+    for name in ("model.pt", "last.ckpt", "metrics.csv", "loss.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    assert not list((tmp_path / "run").glob("*partial*"))
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(row["step"]) for row in rows if row["val_loss"]] == [3, 6]
+    assert all(math.isfinite(float(row["val_loss"])) for row in rows if row["val_loss"])
+
+    model = GapModel.load(result.model_path)
+    assert model.config == tiny_config
+    assert model.info["steps_done"] == 6 and model.info["training"] == to_dict(quick_config())
+    assert model.info["data"]["images"] == 3
+    assert model.info["data"]["photons_per_pixel"] == pytest.approx(np.mean(images), rel=1e-6)
+    denoised = model.denoise(images[0], device="cpu", precision="fp32")
+    assert denoised.shape == images[0].shape and np.isfinite(denoised).all()
+    assert float(denoised.sum(dtype=np.float64)) == pytest.approx(float(images[0].sum()), rel=1e-5)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, tiny_config):
+    first = state_dict(quick_train(tmp_path / "a", tiny_config, steps=4, val_every=4).model_path)
+    again = state_dict(quick_train(tmp_path / "b", tiny_config, steps=4, val_every=4).model_path)
+    other = state_dict(quick_train(tmp_path / "c", tiny_config, steps=4, val_every=4, seed=1).model_path)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+    # Training changed the weights: the file is not the initialisation.
+    torch.manual_seed(0)
+    initial = GapUNet(tiny_config).state_dict()
+    assert not all(torch.equal(first[name], initial[name]) for name in first)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, tiny_config):
+    """A run of 10 steps, then resumed to 20 (constant learning rate, so that the 20-step run is the same
+    schedule): (folder, first result, its metrics, its weights, resumed result)."""
+    run_dir = tmp_path_factory.mktemp("resume") / "run"
+    first = quick_train(run_dir, tiny_config, steps=10, val_every=5, schedule="constant")
+    rows_before = read_metrics(run_dir / "metrics.csv")
+    weights_before = state_dict(first.model_path)
+    second = quick_train(run_dir, tiny_config, steps=20, val_every=5, schedule="constant", resume=True)
+    return run_dir, first, rows_before, weights_before, second
+
+
+def test_resume_continues_to_the_new_step_count(resumed_run):
+    run_dir, first, rows_before, weights_before, second = resumed_run
+    assert first.steps == 10 and second.steps == 20 and not second.stopped_early
+    assert GapModel.load(second.model_path).info["steps_done"] == 20
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 20
+    after = state_dict(second.model_path)
+    assert not all(torch.equal(after[name], weights_before[name]) for name in after)
+    rows = read_metrics(run_dir / "metrics.csv")
+    steps = [int(row["step"]) for row in rows]
+    assert max(steps) == 20 and any(step > 10 for step in steps)
+    keys = [(row["step"], bool(row["train_loss"]), bool(row["val_loss"])) for row in rows]
+    assert len(keys) == len(set(keys)), rows  # no duplicated rows
+    assert steps == sorted(steps)
+
+
+def test_resume_keeps_the_metrics_of_the_first_run(resumed_run):
+    run_dir, first, rows_before, weights_before, second = resumed_run
+    assert [int(row["step"]) for row in rows_before] and max(int(row["step"]) for row in rows_before) == 10
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert rows[: len(rows_before)] == rows_before
+    elapsed = [float(row["elapsed_s"]) for row in rows]
+    assert elapsed == sorted(elapsed)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_run(tmp_path, tiny_config, resumed_run):
+    run_dir, first, rows_before, weights_before, second = resumed_run
+    straight = quick_train(tmp_path / "straight", tiny_config, steps=20, val_every=5, schedule="constant")
+    resumed, uninterrupted = state_dict(second.model_path), state_dict(straight.model_path)
+    difference = max(float((resumed[name] - uninterrupted[name]).abs().max()) for name in resumed)
+    assert difference == 0.0, f"largest weight difference {difference:.3g}"
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path, tiny_config):
+    with pytest.raises(PhotongapError, match="cannot resume.*last.ckpt"):
+        quick_train(tmp_path / "fresh", tiny_config, resume=True)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model.pt").write_bytes(b"an earlier run")
+    with pytest.raises(PhotongapError, match="already holds a run"):
+        quick_train(tmp_path / "done", tiny_config)
+    assert (tmp_path / "done" / "model.pt").read_bytes() == b"an earlier run"
+
+
+def test_a_second_run_into_the_same_folder_raises(tmp_path, tiny_config):
+    quick_train(tmp_path / "run", tiny_config, steps=2, val_every=2)
+    model_bytes = (tmp_path / "run" / "model.pt").read_bytes()
+    with pytest.raises(PhotongapError, match="already holds a run.*--resume"):
+        quick_train(tmp_path / "run", tiny_config, steps=2, val_every=2)
+    assert (tmp_path / "run" / "model.pt").read_bytes() == model_bytes
+
+
+def test_the_time_limit_stops_early_and_still_saves_the_model(tmp_path, tiny_config):
+    result = quick_train(tmp_path / "run", tiny_config, steps=100_000, val_every=50, time_limit_minutes=0.05)
+    assert result.stopped_early and 0 < result.steps < 100_000
+    assert 2.5 < result.elapsed_s < 60
+    model = GapModel.load(result.model_path)
+    assert model.info["steps_done"] == result.steps
+    assert (tmp_path / "run" / "last.ckpt").exists() and (tmp_path / "run" / "loss.png").exists()
+
+
+# --- loading model files -----------------------------------------------------------------
+
+
+def model_payload(tiny_config: ModelConfig, **changes) -> dict:
+    torch.manual_seed(0)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "photongap_version": "0.1.0",
+        "model_config": to_dict(tiny_config), "state_dict": GapUNet(tiny_config).state_dict(), "info": {},
+    }
+    return {**payload, **changes}
+
+
+def test_a_saved_model_round_trips(tmp_path, tiny_model):
+    path = tiny_model.save(tmp_path / "model.pt")
+    loaded = GapModel.load(path)
+    assert loaded.config == tiny_model.config and loaded.info == tiny_model.info
+    original = tiny_model.network.state_dict()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in loaded.network.state_dict().items())
+    assert not loaded.network.training
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path, config: None, "model file not found"),
+        (lambda path, config: path.write_bytes(np.random.default_rng(0).bytes(3000)), "not a photongap model file"),
+        (lambda path, config: path.write_bytes(b""), "not a photongap model file"),
+        (lambda path, config: torch.save({"weights": torch.zeros(3)}, path), "not a photongap model file"),
+        (lambda path, config: torch.save([1, 2, 3], path), "not a photongap model file"),
+        (lambda path, config: torch.save(model_payload(config, format_version=FORMAT_VERSION + 1), path), "model format 2"),
+        (
+            lambda path, config: torch.save(model_payload(config, model_config={**to_dict(config), "start_filters": 16}), path),
+            "weights do not fit",
+        ),
+        (
+            lambda path, config: torch.save(model_payload(config, model_config={**to_dict(config), "width": 3}), path),
+            "unknown key",
+        ),
+    ],
+    ids=["missing", "random-bytes", "empty", "plain-dict", "list", "future-version", "wrong-shapes", "bad-config"],
+)
+def test_loading_a_file_that_is_not_a_usable_model_raises(tmp_path, tiny_config, make, message):
+    path = tmp_path / "model.pt"
+    make(path, tiny_config)
+    with pytest.raises(PhotongapError, match=message) as error:
+        GapModel.load(path)
+    assert "\n" not in str(error.value) and "model.pt" in str(error.value)
+
+
+def test_a_lightning_checkpoint_is_refused_with_a_hint(tmp_path, tiny_config):
+    torch.save({"state_dict": {}, "global_step": 3}, tmp_path / "last.ckpt")
+    with pytest.raises(PhotongapError, match="model.pt"):
+        GapModel.load(tmp_path / "last.ckpt")
+
+
+# --- the data module ---------------------------------------------------------------------
+
+
+def data_module(images, **changes) -> GapDataModule:
+    values = dict(patch_size=32, batch_size=4, steps=5, val_fraction=0.1, split_range=(-20.0, 0.0), split_relative=True, seed=0)
+    return GapDataModule(images, **{**values, **changes})
+
+
+def test_an_image_smaller_than_the_patch_raises_naming_it():
+    images = [np.ones((64, 64), np.float32), np.ones((64, 20), np.float32)]
+    with pytest.raises(PhotongapError, match=r"narrow\.tif.*64x20.*smaller than the patch size 32"):
+        data_module(images, names=["wide.tif", "narrow.tif"])
+    with pytest.raises(PhotongapError, match="image 1"):
+        data_module(images)
+    with pytest.raises(PhotongapError, match="2D"):
+        data_module([np.ones((2, 64, 64), np.float32)], names=["stack.tif"])
+    with pytest.raises(PhotongapError, match="no training images"):
+        data_module([])
+
+
+def test_hold_out_of_several_images_keeps_whole_images():
+    images = [np.full((40, 40), i, np.float32) for i in range(5)]
+    train_images, val_images = hold_out(images, 0.1, 32)
+    assert [int(i[0, 0]) for i in train_images] == [0, 1, 2, 3] and [int(i[0, 0]) for i in val_images] == [4]
+    train_images, val_images = hold_out(images, 0.5, 32)
+    assert len(train_images) == 2 and len(val_images) == 3
+    train_images, val_images = hold_out(images[:2], 0.9, 32)
+    assert len(train_images) == 1 and len(val_images) == 1  # at least one image stays for training
+    train_images, val_images = hold_out(images, 0.0, 32)
+    assert len(train_images) == 5 and val_images == []
+
+
+def test_hold_out_of_one_image_keeps_its_bottom_rows():
+    image = np.arange(200 * 50, dtype=np.float32).reshape(200, 50)
+    (train_part,), (val_part,) = hold_out([image], 0.25, 32)
+    assert train_part.shape == (150, 50) and val_part.shape == (50, 50)
+    np.testing.assert_array_equal(np.concatenate([train_part, val_part]), image)
+    (train_part,), (val_part,) = hold_out([image], 0.05, 32)
+    assert val_part.shape[0] == 32  # at least one patch high
+    # Too small to give up a patch's height: everything trains, nothing validates.
+    train_images, val_images = hold_out([image[:60]], 0.25, 32)
+    assert len(train_images) == 1 and train_images[0].shape == (60, 50) and val_images == []
+    assert data_module([image[:60]]).val_split is None
+
+
+def test_validation_patches_are_fixed_splits_that_conserve_photons():
+    images = noisy_images(4, (64, 64))
+    module = data_module(images)
+    again = data_module(images)
+    split = module.val_split
+    assert split is not None and split.input_counts.shape == (4, 1, 32, 32)  # the last image's 2x2 grid
+    assert torch.equal(split.input_counts, again.val_split.input_counts)
+    val = torch.from_numpy(images[-1]).unfold(0, 32, 32).unfold(1, 32, 32).reshape(4, 32, 32)
+    torch.testing.assert_close(split.input_counts[:, 0] + split.target_counts[:, 0], val, rtol=0, atol=0)
+    assert len(module.train_dataloader().dataset) == 5 * 4
+
+
+def test_patches_depend_only_on_seed_and_index_and_reach_all_eight_symmetries():
+    image = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    dataset = PatchDataset([image], patch_size=16, length=400, seed=3)
+    twin = PatchDataset([image], patch_size=16, length=400, seed=3)
+    other = PatchDataset([image], patch_size=16, length=400, seed=4)
+    assert dataset[5].shape == (1, 16, 16) and dataset[5].dtype == torch.float32
+    assert all(torch.equal(dataset[i], twin[i]) for i in (0, 7, 399))
+    assert torch.equal(dataset[7], dataset[7])  # no hidden state between calls
+    assert not all(torch.equal(dataset[i], other[i]) for i in range(20))
+    # With the patch as large as the image, a patch is the image under one of the 8 symmetries.
+    symmetries = [np.ascontiguousarray(augment(image, k)) for k in range(8)]
+    assert len({s.tobytes() for s in symmetries}) == 8
+    seen = set()
+    for i in range(len(dataset)):
+        patch = dataset[i][0].numpy()
+        matches = [k for k, s in enumerate(symmetries) if np.array_equal(patch, s)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_patches_are_crops_of_the_images_in_proportion_to_their_area():
+    small = np.zeros((32, 32), np.float32)
+    large = np.ones((96, 96), np.float32)
+    dataset = PatchDataset([small, large], patch_size=16, length=900, seed=0)
+    from_large = sum(float(dataset[i].mean()) == 1.0 for i in range(len(dataset)))
+    assert abs(from_large / 900 - 0.9) < 4 * math.sqrt(0.09 / 900)
+
+
+# --- real data ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_short_training_on_real_noisy_data_beats_the_untrained_network(tmp_path):
+    # 1 photon/px acquisitions of the embedded fluorescence images; held-out test images.
+    data = load_sample_data()
+    rng = np.random.default_rng(0)
+    noisy = [simulate_counts(image, 1.0, rng) for image in data.train]
+    tests = [(clean_at_level(image, 1.0), simulate_counts(image, 1.0, rng)) for image in data.test]
+    config = ModelConfig(depth=3, start_filters=16)
+    training = TrainConfig(steps=60, batch_size=8, patch_size=64, val_every=30, precision="auto", seed=0)
+    result = train(noisy, tmp_path / "run", model_config=config, train_config=training, device="cpu", progress=False)
+    assert result.steps == 60
+    trained = GapModel.load(result.model_path)
+    torch.manual_seed(training.seed)
+    untrained = GapModel(GapUNet(config).eval(), config)
+
+    def mean_psnr(model: GapModel) -> float:
+        return float(np.mean([psnr(clean, model.denoise(counts, tile=None, device="cpu", precision="fp32")) for clean, counts in tests]))
+
+    trained_psnr, untrained_psnr = mean_psnr(trained), mean_psnr(untrained)
+    noisy_psnr = float(np.mean([psnr(clean, counts) for clean, counts in tests]))
+    summary = f"trained {trained_psnr:.2f} dB, untrained {untrained_psnr:.2f} dB, noisy input {noisy_psnr:.2f} dB"
+    assert trained_psnr > untrained_psnr + 1.0, summary
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(row["step"]) for row in rows if row["val_loss"]] == [30, 60], rows
