@@ -101,7 +101,7 @@ def main() -> None:
             print(f"  read noise {read_noise:g} photons, {method}: {row[f'psnr_{method}']:.2f} dB ({(time.monotonic() - started) / 60:.1f} min so far)", flush=True)
         rows.append({key: round(value, 3) for key, value in row.items()})
 
-    print(f"\n{'read noise (photons)':>20} {'(ADU)':>6} {'noisy':>7} {'plain':>7} {'shifted':>8} {'gain':>6}")
+    print(f"\n{'read noise (photons)':>20} {'(ADU)':>6} {'noisy':>7} {'plain':>7} {'shifted':>8} {'diff':>6}")
     for row in rows:
         print(
             f"{row['read_noise_photons']:20g} {row['read_noise_adu']:6g} {row['psnr_noisy']:7.2f} {row['psnr_plain']:7.2f} "
