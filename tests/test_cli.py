@@ -489,7 +489,7 @@ def test_bad_input_is_a_one_line_error(bad_runs, name):
     assert_user_error(results[name], *cases[name].mentions)
 
 
-@pytest.mark.parametrize("name", [_marked(name, NO_OUTPUT_XFAIL) for name in BAD_CASE_NAMES])
+@pytest.mark.parametrize("name", [_marked(name, {}) for name in BAD_CASE_NAMES])
 def test_bad_input_leaves_no_output(bad_runs, name):
     cases, results = bad_runs
     case = cases[name]
@@ -563,10 +563,6 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes(interrupted, trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Lightning catches the KeyboardInterrupt inside Trainer.fit, saves, and calls exit(1), so "
-    "cli.main's KeyboardInterrupt branch (message, exit code 130) never runs for train"
-))
 def test_ctrl_c_exits_with_130(interrupted):
     assert interrupted.returncode == 130
     assert "interrupted" in interrupted.stderr
@@ -578,12 +574,7 @@ def test_ctrl_c_exits_with_130(interrupted):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", [
     "fp32",
-    pytest.param("bf16", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: with bf16 the network is made channels_last, which turns the (1, L, 1, 1) SineEncoding.scales "
-        "buffer into strides (L, 1, L, L); DDP's buffer broadcast then copies a differently-strided view "
-        "onto the same memory and torch raises 'some elements of the input tensor and the written-to "
-        "tensor refer to a single memory location' (precision auto hits this on any bf16-capable CPU or GPU)"
-    ))),
+    "bf16",
 ])
 def test_ddp_on_two_cpu_processes(long_runs, precision):
     """``--devices 2 --strategy ddp --device cpu``: Lightning's gloo backend, two processes."""

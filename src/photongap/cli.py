@@ -121,9 +121,6 @@ def train(
         seed=seed,
     )
     planes, names = training_planes(find_images(data), axes, _camera(gain, offset, calibration))
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        saved.write_text(configs.dump_yaml(model_config, train_config))
     result = run_training(
         planes,
         out,
@@ -162,10 +159,11 @@ def denoise(
     input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
     or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
     from photongap.io import find_images, output_path
-    from photongap.model import load
+    from photongap.model import load, resolve_device
     from photongap.pipeline import denoise_file, read_images, total_tiles
 
     camera = _camera(gain, offset, calibration)
+    resolve_device(device.value)
     network = load(model)
     paths = find_images(inputs)
     images = read_images(paths, axes, camera)
@@ -303,6 +301,9 @@ def generate(
     from photongap.model import load
     from photongap.movie import MovieRecorder
 
+    target = out / "generated.tif"
+    if target.exists() and not overwrite:
+        raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
     network = load(model)
     recorder = MovieRecorder() if movie else None
     with _sampling_progress("generating", target_psnr) as on_step:
@@ -313,7 +314,7 @@ def generate(
                 recorder(state)
 
         result = network.generate(n, size, target_psnr=target_psnr, schedule=_schedule(beta, beta_max), seed=seed, batch_size=batch_size, device=device.value, on_step=step)
-    path = write_image(out / "generated.tif", result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
+    path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
         recorder.save(movie)
     console.print(f"[green]generated[/] {n} images ({result.network_calls} network calls each) -> {path}")
@@ -370,9 +371,11 @@ def main() -> None:
             raise
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted; no partial outputs were kept")
-        sys.exit(130)
+    except SystemExit as exit:
+        # Typer turns Ctrl-C into a silent exit with code 130.
+        if exit.code == 130:
+            console.print("interrupted: no partial outputs were kept (continue a training run with --resume)")
+        raise
 
 
 if __name__ == "__main__":

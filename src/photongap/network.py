@@ -24,10 +24,12 @@ class SineEncoding(nn.Module):
 
     def __init__(self, levels: int) -> None:
         super().__init__()
-        self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32).reshape(1, levels, 1, 1))
+        # 1-D, so that converting the network to channels_last leaves it alone (a 4-D buffer
+        # would get strides that alias its memory, which DDP's buffer broadcast rejects).
+        self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32))
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        return torch.sin(counts * self.scales)
+        return torch.sin(counts * self.scales.reshape(1, -1, 1, 1))
 
 
 class ResidualBlock(nn.Module):

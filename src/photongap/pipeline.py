@@ -177,6 +177,11 @@ def sample_file(
     samples and their mean (the std is unchanged). Returns the paths written and the network
     calls per sample of the last plane.
     """
+    stem = image.path.name.split(".")[0]
+    targets = [out_dir / f"{stem}_{kind}.tif" for kind in ("samples", "mean", "std")]
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
     shape = image.plane_shape
     samples = np.empty((n, *shape), dtype=np.float32)
     mean = np.empty(shape, dtype=np.float32)
@@ -195,13 +200,12 @@ def sample_file(
             raise PhotongapError("--output-units adu needs the camera's --gain/--offset or --calibration")
         samples, mean = camera.to_adu(samples), camera.to_adu(mean)
         std = std * (camera.gain or 1.0)
-    stem = image.path.name.split(".")[0]
     description = f"photongap posterior sampling (GAP), {n} samples, values in {output_units}"
     axes = image.plane_axes
     paths = [
-        write_image(out_dir / f"{stem}_samples.tif", samples, sample_axis(axes) + axes, description=description + "; first axis: samples", overwrite=overwrite),
-        write_image(out_dir / f"{stem}_mean.tif", mean, axes, like=image, description=description + "; mean of the samples", overwrite=overwrite),
-        write_image(out_dir / f"{stem}_std.tif", std, axes, like=image, description=description + "; per-pixel standard deviation", overwrite=overwrite),
+        write_image(targets[0], samples, sample_axis(axes) + axes, description=description + "; first axis: samples", overwrite=overwrite),
+        write_image(targets[1], mean, axes, like=image, description=description + "; mean of the samples", overwrite=overwrite),
+        write_image(targets[2], std, axes, like=image, description=description + "; per-pixel standard deviation", overwrite=overwrite),
     ]
     return paths, calls
 

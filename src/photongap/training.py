@@ -21,7 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from photongap.config import ModelConfig, TrainConfig, to_dict
+from photongap.config import ModelConfig, TrainConfig, dump_yaml, to_dict
 from photongap.data import GapDataModule
 from photongap.errors import PhotongapError
 from photongap.model import GapModel, resolve_device, use_bf16
@@ -47,16 +47,19 @@ class RunProgress:
     """How far a run is: steps done over steps, or wall time over the time limit, whichever is further.
 
     With a time limit the learning-rate schedule thus anneals by the deadline instead of
-    being cut off half-way (the schedule then depends on the machine's speed).
+    being cut off half-way (the schedule then depends on the machine's speed). Only for a
+    single process: ranks of a distributed run would read different clocks and apply
+    different learning rates, so they follow the steps alone.
     """
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, use_clock: bool = True) -> None:
         self.config = config
+        self.use_clock = use_clock
         self.started = time.monotonic()
 
     def __call__(self, step: int) -> float:
         progress = step / self.config.steps
-        if self.config.time_limit_minutes:
+        if self.config.time_limit_minutes and self.use_clock:
             progress = max(progress, (time.monotonic() - self.started) / (60.0 * self.config.time_limit_minutes))
         return min(progress, 1.0)
 
@@ -108,7 +111,7 @@ class GapLightningModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.train_config.learning_rate)
-        progress = RunProgress(self.train_config)
+        progress = RunProgress(self.train_config, use_clock=self.trainer.world_size == 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(progress(step), self.train_config))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -171,6 +174,9 @@ class RunFiles(L.Callback):
             self._append(trainer, val_loss=f"{float(trainer.callback_metrics['val_loss']):.5f}")
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.losses:
+            self._append(trainer, train_loss=f"{np.mean(self.losses):.5f}")
+            self.losses.clear()
         self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
@@ -260,7 +266,6 @@ def train(
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.ckpt"
     if resume and not checkpoint.exists():
         raise PhotongapError(f"cannot resume: {checkpoint} does not exist")
@@ -281,6 +286,8 @@ def train(
         seed=train_config.seed,
         names=names,
     )
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now that the data passed its checks
+    (run_dir / "config.yaml").write_text(dump_yaml(model_config, train_config))
     module = GapLightningModule(model_config, train_config, channels_last=bf16)
     run_files = RunFiles(run_dir, checkpoint_every=max(1, min(100, train_config.val_every)))
     callbacks = [run_files, *callbacks]
@@ -306,7 +313,15 @@ def train(
         default_root_dir=run_dir,
     )
     started = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
+    except SystemExit:
+        # Lightning turns Ctrl-C into exit(1) after its graceful shutdown; callers see an interrupt.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
     elapsed = time.monotonic() - started
     model_path = run_dir / "model.pt"
     if trainer.is_global_zero:
