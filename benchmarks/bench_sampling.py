@@ -10,7 +10,11 @@ samples against ground truth, PSNR of the mean against the MMSE prediction, and 
 calibration of the uncertainty (fraction of ground-truth pixels inside the central 80%
 interval of the samples; ideally 0.8). Speed: samples per second and network calls per sample.
 
-    .venv/bin/python benchmarks/bench_sampling.py --model bench-output/models/.../model.pt [--images 2] [-n 16]
+    .venv/bin/python benchmarks/bench_sampling.py [--model MODEL] [--images 2] [-n 16]
+
+The model must know images as bright as the stopping level: without ``--model`` one is
+trained on the demo training images at 100 photons/px (see ``train_bright_model``); the
+samples start from the held-out images at ``--level`` (1 photon/px).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from common import demo_split, report
+from common import OUTPUT, demo_split, report
 from photongap.model import GapModel
 from photongap.sample_data import psnr
 from photongap.sampling import PhotonSchedule
@@ -69,15 +73,34 @@ def run_setting(model: GapModel, setting: dict, noisy: list[np.ndarray], clean: 
     }
 
 
+def train_bright_model(photons_per_pixel: float = 100.0, steps: int = 600) -> str:
+    """A model for sampling up to 20 dB: trained on the demo training images at 100 photons/px.
+
+    Splitting only makes inputs dimmer than the training data, so a model that must predict
+    from images of up to 100 photons/px is trained on data that bright, with the full
+    absolute range of levels (-40..+20 dB) and photongap's default optimiser schedule.
+    """
+    from photongap.config import override, preset
+    from photongap.training import train
+
+    path = OUTPUT / "models" / f"sampling_{photons_per_pixel:g}ppx_{steps}" / "model.pt"
+    if not path.exists():
+        model_config, train_config = preset("default")
+        train_config = override(train_config, steps=steps, split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0, val_fraction=0.0)
+        images, _, _ = demo_split(photons_per_pixel)
+        train(images, path.parent, model_config=model_config, train_config=train_config, progress=False)
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a model trained on the demo data at --level")
+    parser.add_argument("--model", help="a model trained on bright demo data (default: train one, see train_bright_model)")
     parser.add_argument("--level", type=float, default=1.0, help="photons per pixel of the noisy test images")
     parser.add_argument("--images", type=int, default=2, help="test images used (of 8)")
     parser.add_argument("-n", type=int, default=16, help="samples per image")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     args = parser.parse_args()
-    model = GapModel.load(args.model)
+    model = GapModel.load(args.model or train_bright_model())
     _, test, clean = demo_split(args.level)
     picks = np.linspace(0, len(test) - 1, args.images).round().astype(int)
     noisy, truth = [test[i] for i in picks], [clean[i] for i in picks]

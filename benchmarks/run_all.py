@@ -31,7 +31,7 @@ def main() -> None:
     if not args.quick:
         run("bench_quality.py", "--preset", "paper", "--level", "1", "--steps", "600")
     run("bench_quality.py", "--preset", "default", "--level", "1", "--steps", "600")
-    run("bench_sampling.py", "--model", str(OUTPUT / "models" / "quality_default_1ppx_600" / "model.pt"))
+    run("bench_sampling.py", "--images", "1" if args.quick else "2")
     lines = ["# photongap benchmarks", ""]
     for path in sorted(OUTPUT.glob("*.json")):
         lines += [f"## {path.stem}", "", "```json", json.dumps(json.loads(path.read_text()), indent=1), "```", ""]

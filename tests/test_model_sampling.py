@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -99,3 +100,16 @@ def test_a_1024_square_sample_runs_on_cpu(tiny_model):
     assert posterior.steps == 1 and posterior.network_calls == 2
     np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2), dtype=np.float64), counts.sum(), rtol=1e-3)
     assert np.isfinite(posterior.samples).all() and posterior.std.shape == (1024, 1024)
+
+
+def test_sampling_beyond_the_trained_level_warns(tiny_model, poisson_image):
+    """Splitting never makes inputs brighter than the training data: sampling above it is extrapolation."""
+    tiny_model.info = {"training": {"split_mode": "relative", "split_max_psnr": 0.0}, "data": {"pseudo_psnr": 0.0}}
+    assert tiny_model.trained_level() == 0.0
+    counts = poisson_image((32, 32), 0.5, 0)
+    with pytest.warns(UserWarning, match="beyond the brightest inputs"):
+        tiny_model.sample(counts, 2, target_psnr=10.0, device="cpu")
+    tiny_model.info = {"training": {"split_mode": "absolute", "split_max_psnr": 20.0}, "data": {"pseudo_psnr": 20.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")

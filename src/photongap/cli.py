@@ -89,6 +89,7 @@ def train(
     time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many minutes and save the model as if done.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of images (or rows of a single image) held out for validation.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of patches, splits and initial weights.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where fast: GPUs, CPUs with AMX), fp32 or bf16.")] = None,
     device: DeviceOption = Device.auto,
     devices: Annotated[str, typer.Option(help="Devices (processes) per node, passed to Lightning.")] = "1",
     num_nodes: Annotated[int, typer.Option(help="Nodes, passed to Lightning.")] = 1,
@@ -119,6 +120,7 @@ def train(
         time_limit_minutes=time_limit,
         val_fraction=val_fraction,
         seed=seed,
+        precision=precision,
     )
     planes, names = training_planes(find_images(data), axes, _camera(gain, offset, calibration))
     result = run_training(
@@ -147,7 +149,7 @@ def denoise(
     overlap: Annotated[int, typer.Option(help="Context shared by neighbouring tiles, in pixels.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Tiles per network call.")] = 4,
     device: DeviceOption = Device.auto,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where fast), fp32 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 where fast: GPUs, CPUs with AMX), fp32 or bf16.")] = "auto",
     gain: GainOption = None,
     offset: OffsetOption = None,
     calibration: CalibrationOption = None,

@@ -8,6 +8,7 @@ with ``torch.load(weights_only=True)``: no code is unpickled.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +74,18 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def use_bf16(precision: Precision, device_type: str) -> bool:
-    """Whether to run under bf16 autocast: ``auto`` picks it where the hardware has bf16 units."""
+    """Whether to run under bf16 autocast: ``auto`` picks it where the hardware runs it fast.
+
+    On CPUs that means AMX tiles: with AVX-512 BF16 alone, oneDNN's bf16 convolutions were
+    measured no faster than fp32 (benchmarks/bench_throughput.py), so fp32 is kept there.
+    """
     if precision == "fp32":
         return False
     if precision == "bf16":
         return True
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class GapModel:
@@ -218,6 +223,29 @@ class GapModel:
                 out[index] = result
         return out
 
+    def trained_level(self) -> float | None:
+        """Highest pseudo-PSNR (dB) of the inputs the network saw in training, if recorded.
+
+        Splitting only thins photons, so no training input is brighter than the training
+        data; with a relative split range, none is brighter than ``split_max_psnr`` below it.
+        """
+        training, data = self.info.get("training"), self.info.get("data")
+        if not training or not data or "pseudo_psnr" not in data:
+            return None
+        if training.get("split_mode") == "relative":
+            return data["pseudo_psnr"] + min(training["split_max_psnr"], 0.0)
+        return min(training["split_max_psnr"], data["pseudo_psnr"])
+
+    def _check_target(self, target_psnr: float | None) -> None:
+        level = self.trained_level()
+        if target_psnr is not None and level is not None and target_psnr > level + 3.0:
+            warnings.warn(
+                f"sampling to {target_psnr:g} dB goes beyond the brightest inputs this model was trained on "
+                f"({level:.1f} dB): its predictions there are extrapolation and samples degrade; train on "
+                "brighter data (splitting only makes inputs dimmer) or lower --target-psnr",
+                stacklevel=3,
+            )
+
     def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
         """Images up to ``tile`` go through the network whole, in batches; larger ones tile by tile."""
         base = self.logits_fn(device, precision)
@@ -270,6 +298,7 @@ class GapModel:
         >>> posterior = model.sample(counts, n=16, seed=1)  # doctest: +SKIP
         >>> posterior.mean, posterior.std  # MMSE-like estimate and uncertainty map  # doctest: +SKIP
         """
+        self._check_target(target_psnr)
         counts = np.asarray(counts, dtype=np.float32)
         if counts.ndim != 2:
             raise PhotongapError(f"sample takes one 2D image, got shape {counts.shape}; sample stacks plane by plane")
@@ -311,6 +340,7 @@ class GapModel:
         """
         if n < 1 or len(shape) != 2 or min(shape) < 1:
             raise PhotongapError(f"generate needs n >= 1 and a 2D size, got n={n}, size={tuple(shape)}")
+        self._check_target(target_psnr)
         device = resolve_device(device)
         result = generate(
             self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),
