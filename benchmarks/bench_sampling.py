@@ -45,13 +45,13 @@ def coverage_80(samples: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((truth >= low) & (truth <= high)))
 
 
-def run_setting(model: GapModel, setting: dict, noisy: list[np.ndarray], clean: list[np.ndarray], mmse: list[np.ndarray], n: int, seed: int) -> dict:
+def run_setting(model: GapModel, setting: dict, noisy: list[np.ndarray], clean: list[np.ndarray], mmse: list[np.ndarray], n: int, seed: int, target_psnr: float) -> dict:
     single, mean_gt, mean_mmse, coverage, seconds, calls = [], [], [], [], 0.0, []
     for index, (counts, truth, expected) in enumerate(zip(noisy, clean, mmse)):
         batch = setting["batch"] or n
         started = time.perf_counter()
         parts = [
-            model.sample(counts, min(batch, n - first), schedule=setting["schedule"], seed=seed + 1000 * index + first, batch_size=batch, precision=setting["precision"], device="cpu")
+            model.sample(counts, min(batch, n - first), target_psnr=target_psnr, schedule=setting["schedule"], seed=seed + 1000 * index + first, batch_size=batch, precision=setting["precision"], device="cpu")
             for first in range(0, n, batch)
         ]
         seconds += time.perf_counter() - started
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="test images used (of 8)")
     parser.add_argument("-n", type=int, default=16, help="samples per image")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument("--target-psnr", type=float, default=20.0, help="stopping level in dB (the published loop's: 20)")
     args = parser.parse_args()
     model = GapModel.load(args.model or train_bright_model())
     _, test, clean = demo_split(args.level)
@@ -109,13 +110,14 @@ def main() -> None:
         "model": args.model,
         "images": [int(i) for i in picks],
         "n": args.n,
+        "target_psnr": args.target_psnr,
         "threads": torch.get_num_threads(),
         "psnr_noisy": round(statistics.fmean(psnr(t, c) for t, c in zip(truth, noisy)), 2),
         "psnr_mmse": round(statistics.fmean(psnr(t, m) for t, m in zip(truth, mmse)), 2),
         "settings": {},
     }
     for name in args.settings:
-        results["settings"][name] = run_setting(model, SETTINGS[name], noisy, truth, mmse, args.n, seed=0)
+        results["settings"][name] = run_setting(model, SETTINGS[name], noisy, truth, mmse, args.n, seed=0, target_psnr=args.target_psnr)
         print(name, results["settings"][name], flush=True)
     published = results["settings"].get("published")
     if published:

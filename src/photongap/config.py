@@ -20,7 +20,6 @@ from photongap.errors import PhotongapError
 Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["constant", "cosine"]
 SplitMode = Literal["absolute", "relative"]
-PresetName = Literal["default", "paper"]
 
 
 def _check(condition: bool, message: str) -> None:

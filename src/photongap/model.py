@@ -22,7 +22,7 @@ from photongap.config import ModelConfig, Precision, from_dict, to_dict
 from photongap.errors import PhotongapError
 from photongap.network import GapUNet
 from photongap.sampling import PhotonSchedule, SamplingResult, StepState, StopRule, accumulate_photons, generate
-from photongap.tiling import LogitsFn, mmse_image, padded, plan_tiles, predict_logits, tiled
+from photongap.tiling import LogitsFn, mmse_image, padded, plan_tiles, predict_logits, row_blocks, tiled
 
 @dataclass(frozen=True)
 class PosteriorSamples:
@@ -211,7 +211,7 @@ class GapModel:
         logits_fn = self.logits_fn(device, precision)
         for index in np.ndindex(*shape[:-2]):
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
-            total = float(sum(np.asarray(plane[rows, :], dtype=np.float64).sum() for rows in _row_slices(shape[-2])))
+            total = float(sum(np.asarray(plane[rows, :], dtype=np.float64).sum() for rows in row_blocks(shape[-2])))
             # A numpy (or memory-mapped) output plane holds the logits and is then normalised in
             # place, so even a 16k x 16k plane needs no second full-size buffer.
             target = out[index] if isinstance(out, np.ndarray) else None
@@ -357,10 +357,6 @@ class GapModel:
     def tiles_per_plane(self, shape: tuple[int, int], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> int:
         """How many tiles :meth:`denoise` cuts a plane into (for progress bars)."""
         return len(plan_tiles(shape, tile, overlap, self.config.size_multiple))
-
-
-def _row_slices(height: int, rows: int = 1024) -> list[slice]:
-    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
 def load(path: str | Path) -> GapModel:

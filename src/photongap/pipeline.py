@@ -17,9 +17,7 @@ import numpy as np
 from photongap.errors import PhotongapError
 from photongap.io import Image, ImageWriter, check_counts, iter_planes, read_image, to_counts, write_image
 from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples
-
-ROWS_PER_BLOCK = 1024
-
+from photongap.tiling import row_blocks
 
 @dataclass(frozen=True)
 class Camera:
@@ -144,8 +142,7 @@ def denoise_file(
                 counts, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision, out=target, progress=progress
             )
             if camera.shift or output_units == "adu":
-                for start in range(0, result.shape[0], ROWS_PER_BLOCK):
-                    rows = slice(start, start + ROWS_PER_BLOCK)
+                for rows in row_blocks(result.shape[0]):
                     result[rows] -= camera.shift
                     if output_units == "adu":
                         result[rows] = camera.to_adu(result[rows])

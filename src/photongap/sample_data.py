@@ -25,8 +25,11 @@ def load_sample_data() -> SampleData:
     """The embedded sample: 15 training images (255x511 and 256x256), 8 test images (256x256)."""
     with resources.files("photongap").joinpath("data/fluorescence_sample.npz").open("rb") as file:
         arrays = dict(np.load(file))
-    pick = lambda prefix: [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)]  # noqa: E731
-    return SampleData(train=pick("train_"), test=pick("test_"))
+
+    def images(prefix: str) -> list[np.ndarray]:
+        return [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)]
+
+    return SampleData(train=images("train_"), test=images("test_"))
 
 
 def clean_at_level(ground_truth: np.ndarray, photons_per_pixel: float) -> np.ndarray:

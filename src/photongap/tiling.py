@@ -157,7 +157,8 @@ def predict_logits(
     return out
 
 
-def _row_blocks(height: int) -> Iterator[slice]:
+def row_blocks(height: int) -> Iterator[slice]:
+    """Slices of at most ``ROWS_PER_BLOCK`` rows covering ``height``: how large planes are read and written."""
     for start in range(0, height, ROWS_PER_BLOCK):
         yield slice(start, min(start + ROWS_PER_BLOCK, height))
 
@@ -165,7 +166,7 @@ def _row_blocks(height: int) -> Iterator[slice]:
 def log_normaliser(logits: Any) -> float:
     """``logsumexp`` over every pixel of a (possibly memory-mapped) ``(Y, X)`` logits image."""
     running_max, running_sum = -math.inf, 0.0
-    for rows in _row_blocks(logits.shape[0]):
+    for rows in row_blocks(logits.shape[0]):
         block = np.asarray(logits[rows], dtype=np.float64)
         block_max = float(block.max())
         if block_max > running_max:
@@ -182,7 +183,7 @@ def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any
     """
     out = np.empty(logits.shape, dtype=np.float32) if out is None else out
     normaliser = log_normaliser(logits)
-    for rows in _row_blocks(logits.shape[0]):
+    for rows in row_blocks(logits.shape[0]):
         block = np.asarray(logits[rows], dtype=np.float64)
         out[rows] = (np.exp(block - normaliser) * total_photons).astype(np.float32)
     return out
