@@ -191,6 +191,28 @@ class RunFiles(L.Callback):
             os.replace(partial, self.run_dir / "last.ckpt")
 
 
+class TrainingBar(L.pytorch.callbacks.TQDMProgressBar):
+    """Lightning's progress bar, whose total (and so its ETA) is what a time limit will allow."""
+
+    def __init__(self, time_limit_minutes: float | None) -> None:
+        super().__init__(refresh_rate=5)
+        self.time_limit_s = 60.0 * time_limit_minutes if time_limit_minutes else None
+        self.started = time.monotonic()
+        self.first_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_start(trainer, module)
+        self.started, self.first_step = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_index: int) -> None:
+        steps = trainer.global_step - self.first_step
+        if self.time_limit_s and steps >= 10:
+            rate = steps / (time.monotonic() - self.started)
+            reachable = batch_index + 1 + int(rate * (self.time_limit_s - (time.monotonic() - self.started)))
+            self.train_progress_bar.total = max(batch_index + 1, min(reachable, self.total_train_batches))
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_index)
+
+
 def read_metrics(path: Path) -> list[dict[str, str]]:
     """Rows of a ``metrics.csv`` (empty if it does not exist)."""
     if not path.exists():
@@ -292,7 +314,7 @@ def train(
     run_files = RunFiles(run_dir, checkpoint_every=max(1, min(100, train_config.val_every)))
     callbacks = [run_files, *callbacks]
     if progress:
-        callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=5))
+        callbacks.append(TrainingBar(train_config.time_limit_minutes))
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
