@@ -160,7 +160,7 @@ def denoise(
     """MMSE-denoise images. Output: float32 TIFF (or .npy/.zarr) of the same shape and axes as each
     input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
     or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
-    from photongap.io import find_images, output_path
+    from photongap.io import check_new_outputs, find_images, output_path
     from photongap.model import load, resolve_device
     from photongap.pipeline import denoise_file, read_images, total_tiles
 
@@ -170,9 +170,7 @@ def denoise(
     paths = find_images(inputs)
     images = read_images(paths, axes, camera)
     targets = [output_path(image.path, out, n_inputs=len(images)) for image in images]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
+    check_new_outputs(targets, overwrite)
     tile_size = tile or None
     with _progress() as progress:
         task = progress.add_task("denoising", total=total_tiles(network, images, tile_size, overlap), status="tiles")
@@ -299,13 +297,12 @@ def generate(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Generate images from an empty canvas by accumulating predicted photons."""
-    from photongap.io import write_image
+    from photongap.io import check_new_outputs, write_image
     from photongap.model import load
     from photongap.movie import MovieRecorder
 
     target = out / "generated.tif"
-    if target.exists() and not overwrite:
-        raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
+    check_new_outputs([target], overwrite)
     network = load(model)
     recorder = MovieRecorder() if movie else None
     with _sampling_progress("generating", target_psnr) as on_step:
@@ -332,10 +329,10 @@ def calibrate(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Estimate camera gain (ADU/photon), offset (ADU) and read noise (ADU) from the data itself."""
+    from photongap.io import check_new_outputs
     from photongap.pipeline import calibrate_files
 
-    if out.exists() and not overwrite:
-        raise PhotongapError(f"{out}: already exists; pass --overwrite to replace it")
+    check_new_outputs([out], overwrite)
     result = calibrate_files(inputs, dark=dark, axes=axes, plot=plot)
     result.save(out)
     console.print(

@@ -370,6 +370,13 @@ def iter_planes(image: Image) -> Iterator[tuple[tuple[int, ...], np.ndarray | La
             yield index, LazyPlane(image.data, tuple(key), y_axis, x_axis)
 
 
+def check_new_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse outputs that exist unless ``overwrite``: jobs call this before any work, writers again."""
+    for path in paths:
+        if Path(path).exists() and not overwrite:
+            raise PhotongapError(f"{path}: already exists; pass --overwrite to replace it")
+
+
 class ImageWriter:
     """Write an image piece by piece to a temporary sibling, renamed to ``path`` on success.
 
@@ -397,8 +404,7 @@ class ImageWriter:
         self.kind = _suffix(self.path)
         if self.kind in (None, ".png"):
             raise PhotongapError(f"{self.path}: cannot write this type of file; use .tif, .ome.tif, .npy or .zarr")
-        if self.path.exists() and not overwrite:
-            raise PhotongapError(f"{self.path}: already exists; pass --overwrite to replace it")
+        check_new_outputs([self.path], overwrite)
         self.like, self.description = like, description
         self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         self.array: Any = None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from photongap.errors import PhotongapError
-from photongap.io import Image, ImageWriter, check_counts, iter_planes, read_image, to_counts, write_image
+from photongap.io import Image, ImageWriter, check_counts, check_new_outputs, iter_planes, read_image, to_counts, write_image
 from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples
 from photongap.tiling import row_blocks
 
@@ -176,9 +176,7 @@ def sample_file(
     """
     stem = image.path.name.split(".")[0]
     targets = [out_dir / f"{stem}_{kind}.tif" for kind in ("samples", "mean", "std")]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise PhotongapError(f"{target}: already exists; pass --overwrite to replace it")
+    check_new_outputs(targets, overwrite)
     shape = image.plane_shape
     samples = np.empty((n, *shape), dtype=np.float32)
     mean = np.empty(shape, dtype=np.float32)

@@ -207,8 +207,8 @@ class TrainingBar(L.pytorch.callbacks.TQDMProgressBar):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_index: int) -> None:
         steps = trainer.global_step - self.first_step
         if self.time_limit_s and steps >= 10:
-            rate = steps / (time.monotonic() - self.started)
-            reachable = batch_index + 1 + int(rate * (self.time_limit_s - (time.monotonic() - self.started)))
+            elapsed = time.monotonic() - self.started
+            reachable = batch_index + 1 + int(steps / elapsed * (self.time_limit_s - elapsed))
             self.train_progress_bar.total = max(batch_index + 1, min(reachable, self.total_train_batches))
         super().on_train_batch_end(trainer, module, outputs, batch, batch_index)
 
