@@ -8,7 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+PEERS := .peers-venv
+PEERS_STAMP := $(PEERS)/.installed
+PEERS_SITE = $(shell $(PEERS)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+.PHONY: demo test test-fast bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +33,22 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
+# The peers' benchmark: CAREamics' Noise2Void in its own environment, then bench_peers.py at
+# 1 and 0.1 photons/px (about 50 min per level on a 2-core CPU). careamics is installed
+# without its torchvision requirement (torchvision from PyPI needs another torch build than the
+# pinned CPU one); an import-time stand-in takes its place: Noise2Void never calls it.
+$(PEERS_STAMP): benchmarks/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q $(TORCH)
+	$(PEERS)/bin/python -m pip install -q --no-deps careamics==0.3.5
+	$(PEERS)/bin/python -m pip install -q -r benchmarks/peers/requirements.txt $(TORCH)
+	cp -r benchmarks/peers/torchvision_stub/torchvision $(PEERS_SITE)/
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(PY) benchmarks/bench_peers.py --level 1 --budget 20
+	$(PY) benchmarks/bench_peers.py --level 0.1 --budget 20
+
 clean:
-	rm -rf $(VENV) demo-output bench-output
+	rm -rf $(VENV) $(PEERS) demo-output bench-output

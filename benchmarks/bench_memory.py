@@ -45,7 +45,7 @@ def main() -> None:
     work = OUTPUT / "memory"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model_path = GapModel(GapUNet(ModelConfig()), ModelConfig()).save(work / "published-random.pt")
+    model_path = GapModel(GapUNet(ModelConfig()), ModelConfig()).save(work / "default-random.pt")
     photongap = Path(sys.executable).with_name("photongap")
     results = {}
     for size in sorted(args.size or [4096]):  # ru_maxrss is a maximum over children: smallest first

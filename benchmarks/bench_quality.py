@@ -23,19 +23,32 @@ from photongap.training import train
 
 
 class QualityCurve(L.Callback):
-    """PSNR on held-out images every few steps, with its own time taken off the training clock."""
+    """PSNR on held-out images every few steps or at given training minutes.
 
-    def __init__(self, test, clean, every: int, precision: str) -> None:
+    The evaluations' own time is taken off the training clock.
+    """
+
+    def __init__(self, test, clean, precision: str, every: int | None = None, minutes: list[float] | None = None) -> None:
         self.test, self.clean, self.every, self.precision = test, clean, every, precision
+        self.pending = sorted(minutes or [])
         self.started = time.monotonic()
         self.excluded = 0.0
         self.points: list[dict] = []
 
+    def on_train_start(self, trainer, module) -> None:
+        self.started = time.monotonic()
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        if trainer.global_step % self.every:
-            return
         began = time.monotonic()
         minutes = (began - self.started - self.excluded) / 60
+        due_by_step = self.every is not None and trainer.global_step % self.every == 0
+        due_by_time = bool(self.pending) and minutes >= self.pending[0]
+        while self.pending and minutes >= self.pending[0]:
+            self.pending.pop(0)
+        if self.every is None and not self.pending:
+            trainer.should_stop = True  # the last evaluation time has passed
+        if not (due_by_step or due_by_time):
+            return
         model = GapModel(module.network, module.model_config)
         psnr = mean_psnr(model, self.test, self.clean, precision=self.precision, device=module.device)
         module.network.train()
@@ -60,7 +73,7 @@ def main() -> None:
     name = f"quality_{args.preset}_{args.level:g}ppx_{args.steps}"
     run_dir = OUTPUT / "models" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    curve = QualityCurve(test, clean, args.eval_every, train_config.precision)
+    curve = QualityCurve(test, clean, train_config.precision, every=args.eval_every)
     started = time.monotonic()
     result = train(train_images, run_dir, model_config=model_config, train_config=train_config, progress=False, callbacks=[curve])
     wall = time.monotonic() - started - curve.excluded

@@ -3,7 +3,7 @@
 Settings (all stop at the same rule, 20 dB pseudo-PSNR, from the noisy 256 x 256 test images):
 - ``published``: one sample at a time, fp32, beta = 0.1 (the published loop);
 - ``batched``: the n samples through the network together, bf16 autocast + channels_last, beta 0.1;
-- ``ramp05`` / ``ramp1``: as batched, with beta growing up to 0.5 / 1.0 once the image is bright.
+- ``ramp05`` / ``ramp1`` / ``ramp2``: as batched, with beta growing up to 0.5 / 1.0 / 2.0 once the image is bright.
 
 Quality per setting, on the same images: PSNR of single samples and of the mean of the
 samples against ground truth, PSNR of the mean against the MMSE prediction, and the
@@ -36,6 +36,7 @@ SETTINGS = {
     "batched": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1)},
     "ramp05": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=0.5)},
     "ramp1": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=1.0)},
+    "ramp2": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=2.0)},
 }
 
 
@@ -78,15 +79,15 @@ def train_bright_model(photons_per_pixel: float = 100.0, steps: int = 600) -> st
 
     Splitting only makes inputs dimmer than the training data, so a model that must predict
     from images of up to 100 photons/px is trained on data that bright, with the full
-    absolute range of levels (-40..+20 dB) and photongap's default optimiser schedule.
+    absolute range of levels (``preset("generative")``: -40..+20 dB).
     """
     from photongap.config import override, preset
     from photongap.training import train
 
     path = OUTPUT / "models" / f"sampling_{photons_per_pixel:g}ppx_{steps}" / "model.pt"
     if not path.exists():
-        model_config, train_config = preset("default")
-        train_config = override(train_config, steps=steps, split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0, val_fraction=0.0)
+        model_config, train_config = preset("generative")
+        train_config = override(train_config, steps=steps, val_fraction=0.0)
         images, _, _ = demo_split(photons_per_pixel)
         train(images, path.parent, model_config=model_config, train_config=train_config, progress=False)
     return str(path)

@@ -26,7 +26,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_config() -> ModelConfig:
     """Depth 3 (sides multiples of 4), 8 filters, 4 sine levels: a few thousand weights."""
-    return ModelConfig(depth=3, start_filters=8, sine_levels=4)
+    return ModelConfig(depth=3, start_filters=8, encoding_levels=4)
 
 
 def _untrained_model(config: ModelConfig, seed: int = 0) -> GapModel:

@@ -25,12 +25,13 @@ import torch
 import yaml
 
 import photongap
+from photongap.config import ModelConfig, to_dict
 from photongap.io import read_image
 
 SHAPE = (48, 64)
 PATCH = 16
 TINY_CONFIG = {
-    "model": {"depth": 2, "start_filters": 4, "sine_levels": 3},
+    "model": {"depth": 2, "start_filters": 4, "encoding_levels": 3},
     "training": {"batch_size": 4, "patch_size": PATCH, "val_every": 5, "steps": 50},
 }
 TRAIN_STEPS = 10  # the flag; the config file says 50
@@ -162,9 +163,9 @@ def test_train_flags_override_the_config_file(trained):
     assert used["training"]["steps"] == TRAIN_STEPS  # the file said 50
     assert used["training"]["seed"] == 1
     assert used["training"]["patch_size"] == PATCH and used["training"]["val_every"] == 5
-    assert used["model"] == {**TINY_CONFIG["model"], "max_filters": None}
+    assert used["model"] == {**to_dict(ModelConfig()), **TINY_CONFIG["model"]}  # the file, over the defaults
     model = photongap.load(trained.model)
-    assert (model.config.depth, model.config.start_filters, model.config.sine_levels) == (2, 4, 3)
+    assert (model.config.depth, model.config.start_filters, model.config.encoding_levels) == (2, 4, 3)
     assert model.info["steps_done"] == TRAIN_STEPS
 
 
@@ -226,6 +227,7 @@ def denoised(trained, tmp_path_factory) -> Denoised:
     model = trained.model
     jobs = {
         "folder": ("denoise", model, inputs, "-o", out / "folder", "--tile", 32, "--overlap", 16),
+        "parallel": ("denoise", model, inputs, "-o", out / "parallel", "--tile", 32, "--overlap", 16, "--devices", 2),
         "untiled": ("denoise", model, inputs / "plain.tif", "-o", out / "untiled.tif", "--tile", 0),
         "from_adu": ("denoise", model, adu, "-o", out / "from_adu.tif", "--tile", 0, "--gain", 2, "--offset", 100),
         "adu_out": ("denoise", model, adu, "-o", out / "adu_out.tif", "--tile", 0, "--gain", 2, "--offset", 100, "--output-units", "adu"),
@@ -243,6 +245,15 @@ def test_denoise_a_folder_into_a_folder(denoised):
         assert result.dtype == np.float32
         assert result.shape == denoised.counts[name].shape
         assert np.isfinite(result).all() and result.min() >= 0
+
+
+def test_denoise_files_in_two_processes_gives_the_same_results(denoised):
+    assert_ok(denoised.results["parallel"])
+    assert "with 2 processes" in denoised.results["parallel"].stderr
+    for stored in folder_entries(denoised.outputs / "folder"):
+        one = tifffile.imread(denoised.outputs / "folder" / stored)
+        two = tifffile.imread(denoised.outputs / "parallel" / stored)
+        np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6 * one.max())
 
 
 def test_denoise_one_file_into_a_file(denoised):

@@ -12,7 +12,7 @@ from photongap.errors import PhotongapError
 
 
 def test_yaml_round_trip_gives_equal_configs(tmp_path):
-    model = ModelConfig(depth=4, start_filters=16, max_filters=64, sine_levels=7)
+    model = ModelConfig(depth=4, start_filters=16, max_filters=64, encoding_levels=7)
     training = TrainConfig(
         steps=123, batch_size=5, patch_size=96, learning_rate=3e-4, schedule="constant", split_mode="absolute",
         split_min_psnr=-35.5, split_max_psnr=12.0, val_fraction=0.25, val_every=7, precision="bf16", seed=42,
@@ -73,7 +73,7 @@ def test_unknown_keys_raise_naming_the_key(tmp_path, text, key):
         ("training", "precision", "fp16"),
         ("model", "depth", 0),
         ("model", "start_filters", 0),
-        ("model", "sine_levels", 0),
+        ("model", "encoding_levels", 0),
     ],
 )
 def test_bad_values_raise_naming_the_key(tmp_path, section, key, value):
@@ -142,10 +142,13 @@ def test_presets():
     default_model, default_training = preset("default")
     assert default_model == ModelConfig() and default_training == TrainConfig()
     paper_model, paper = preset("paper")
-    assert (paper_model.depth, paper_model.start_filters, paper_model.sine_levels) == (5, 32, 10)
+    assert (paper_model.depth, paper_model.start_filters, paper_model.encoding, paper_model.encoding_levels) == (5, 32, "sine", 10)
     assert paper_model.max_filters is None
     assert paper.learning_rate == 1e-4
     assert paper.split_mode == "absolute" and (paper.split_min_psnr, paper.split_max_psnr) == (-40.0, 20.0)
     assert paper.precision == "fp32"
-    with pytest.raises(PhotongapError, match="unknown preset 'fast'.*default, paper"):
+    generative_model, generative = preset("generative")
+    assert generative_model == default_model and generative.split_mode == "absolute"
+    assert (generative.split_min_psnr, generative.split_max_psnr) == (-40.0, 20.0)
+    with pytest.raises(PhotongapError, match="unknown preset 'fast'.*default, generative, paper"):
         preset("fast")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from photongap.config import ModelConfig
+from photongap.config import ModelConfig, preset
 from photongap.errors import PhotongapError
-from photongap.network import GapUNet, SineEncoding
+from photongap.network import CountEncoding, GapUNet
 
 
 def parameters(module: nn.Module) -> int:
@@ -28,13 +28,17 @@ def test_logits_have_the_shape_of_the_counts(tiny_config, shape):
 
 def test_the_size_multiple_is_two_to_the_depth_minus_one():
     assert [ModelConfig(depth=d).size_multiple for d in (1, 3, 5)] == [1, 4, 16]
-    net = GapUNet(ModelConfig(depth=5, start_filters=4, sine_levels=2))
+    net = GapUNet(ModelConfig(depth=5, start_filters=4, encoding_levels=2))
     assert net(torch.zeros(1, 1, 16, 48)).shape == (1, 1, 16, 48)
 
 
 def test_the_published_network_has_about_eleven_million_weights():
-    count = parameters(GapUNet(ModelConfig(depth=5, start_filters=32, sine_levels=10)))
+    count = parameters(GapUNet(preset("paper")[0]))
     assert 10e6 < count < 12e6, count
+
+
+def test_the_default_network_is_smaller():
+    assert 1.5e6 < parameters(GapUNet(ModelConfig())) < 1.8e6
 
 
 def test_max_filters_caps_the_deep_levels():
@@ -50,7 +54,7 @@ def test_max_filters_caps_the_deep_levels():
 
 
 def test_sine_encoding_is_sin_of_the_counts_at_decades():
-    encoding = SineEncoding(4)
+    encoding = CountEncoding(4)
     counts = torch.tensor([0.0, 1.0, 7.0, 250.0, 31415.0]).reshape(1, 1, 1, 5)
     encoded = encoding(counts)
     assert encoded.shape == (1, 4, 1, 5)
@@ -63,10 +67,19 @@ def test_sine_encoding_is_sin_of_the_counts_at_decades():
     assert not list(encoding.parameters())  # a fixed encoding, nothing to learn
 
 
+def test_tanh_encoding_is_monotonic_where_sine_aliases():
+    counts = torch.arange(0.0, 400.0).reshape(1, 1, 1, -1)
+    sine, tanh = CountEncoding(3, "sine")(counts), CountEncoding(3, "tanh")(counts)
+    torch.testing.assert_close(tanh[0, 1, 0], torch.tanh(counts[0, 0, 0] / 10))
+    assert (tanh.diff(dim=-1) >= 0).all()  # more photons never encode as fewer
+    # sin(x / 10) at 31 photons is within 0.05 of its value at 0: the published encoding's blind spot.
+    assert abs(float(sine[0, 1, 0, 31])) < 0.05 and float(tanh[0, 1, 0, 31]) > 0.99
+
+
 def test_the_network_input_is_the_sine_encoding(tiny_config):
     net = GapUNet(tiny_config)
     assert net.encoding.scales.flatten().tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
-    assert net.down[0].conv1.in_channels == tiny_config.sine_levels
+    assert net.down[0].conv1.in_channels == tiny_config.encoding_levels
     assert net.head.out_channels == 1
 
 
@@ -84,3 +97,8 @@ def test_bf16_autocast_with_channels_last_returns_float32_logits(tiny_config):
     # bf16 keeps ~3 significant digits: the logits agree with fp32 to a few percent of their spread.
     spread = float(reference.max() - reference.min())
     assert float((logits - reference).abs().max()) < 0.05 * spread + 1e-3
+
+
+def test_unknown_encoding_is_a_configuration_error():
+    with pytest.raises(PhotongapError, match="model.encoding"):
+        ModelConfig(encoding="cos")

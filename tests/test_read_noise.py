@@ -90,7 +90,7 @@ def read_noise_frame(tmp_path):
 
 @pytest.fixture()
 def tiny_untrained_model() -> GapModel:
-    config = ModelConfig(depth=2, start_filters=4, sine_levels=3)
+    config = ModelConfig(depth=2, start_filters=4, encoding_levels=3)
     torch.manual_seed(0)
     return GapModel(GapUNet(config).eval(), config)
 

@@ -183,7 +183,7 @@ def test_a_saved_model_round_trips(tmp_path, tiny_model):
         (lambda path, config: path.write_bytes(b""), "not a photongap model file"),
         (lambda path, config: torch.save({"weights": torch.zeros(3)}, path), "not a photongap model file"),
         (lambda path, config: torch.save([1, 2, 3], path), "not a photongap model file"),
-        (lambda path, config: torch.save(model_payload(config, format_version=FORMAT_VERSION + 1), path), "model format 2"),
+        (lambda path, config: torch.save(model_payload(config, format_version=FORMAT_VERSION + 1), path), f"model format {FORMAT_VERSION + 1}"),
         (
             lambda path, config: torch.save(model_payload(config, model_config={**to_dict(config), "start_filters": 16}), path),
             "weights do not fit",

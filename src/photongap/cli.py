@@ -81,7 +81,7 @@ def train(
     data: Annotated[list[Path], typer.Argument(help="Noisy photon-count images or folders (TIFF, OME-TIFF, .npy, PNG, Zarr).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: model.pt, last.ckpt, metrics.csv, loss.png.")],
     config: Annotated[Optional[Path], typer.Option(help="YAML with 'model' and 'training' sections; flags override it.")] = None,
-    preset: Annotated[str, typer.Option(help="Starting configuration: default, or paper (the published one).")] = "default",
+    preset: Annotated[str, typer.Option(help="Starting configuration: default (denoising), generative (sampling and generation: every photon level) or paper (the published one).")] = "default",
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
     patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels.")] = None,
@@ -149,6 +149,7 @@ def denoise(
     overlap: Annotated[int, typer.Option(help="Context shared by neighbouring tiles, in pixels.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Tiles per network call.")] = 4,
     device: DeviceOption = Device.auto,
+    devices: Annotated[int, typer.Option(help="Processes sharing the files: one per GPU, or the CPU cores split between them.")] = 1,
     precision: Annotated[str, typer.Option(help="auto (bf16 where fast: GPUs, CPUs with AMX), fp32 or bf16.")] = "auto",
     gain: GainOption = None,
     offset: OffsetOption = None,
@@ -162,35 +163,30 @@ def denoise(
     or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
     from photongap.io import check_new_outputs, find_images, output_path
     from photongap.model import load, resolve_device
-    from photongap.pipeline import denoise_file, read_images, total_tiles
+    from photongap.pipeline import DenoiseJob, denoise_file, denoise_files, read_images, total_tiles
 
     camera = _camera(gain, offset, calibration)
     resolve_device(device.value)
+    if devices < 1:
+        raise PhotongapError(f"--devices must be at least 1, got {devices}")
     network = load(model)
     paths = find_images(inputs)
     images = read_images(paths, axes, camera)
     targets = [output_path(image.path, out, n_inputs=len(images)) for image in images]
     check_new_outputs(targets, overwrite)
-    tile_size = tile or None
+    options = dict(camera=camera, output_units=output_units.value, tile=tile or None, overlap=overlap, batch_size=batch_size, precision=precision, overwrite=overwrite)
     with _progress() as progress:
-        task = progress.add_task("denoising", total=total_tiles(network, images, tile_size, overlap), status="tiles")
-        for image, target in zip(images, targets):
-            progress.update(task, status=image.path.name)
-            denoise_file(
-                network,
-                image,
-                target,
-                camera=camera,
-                output_units=output_units.value,
-                tile=tile_size,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=device.value,
-                precision=precision,
-                overwrite=overwrite,
-                progress=lambda done: progress.advance(task, done),
-            )
-    console.print(f"[green]denoised[/] {len(images)} image(s) into {out}")
+        task = progress.add_task("denoising", total=total_tiles(network, images, tile or None, overlap), status="tiles")
+        processes = min(devices, len(images))
+        if processes > 1:
+            progress.update(task, status=f"{len(images)} files, {processes} processes")
+            jobs = [DenoiseJob(image.path, target) for image, target in zip(images, targets)]
+            denoise_files(model, jobs, workers=devices, axes=axes, device=device.value, progress=lambda done: progress.advance(task, done), **options)
+        else:
+            for image, target in zip(images, targets):
+                progress.update(task, status=image.path.name)
+                denoise_file(network, image, target, device=device.value, progress=lambda done: progress.advance(task, done), **options)
+    console.print(f"[green]denoised[/] {len(images)} image(s) into {out}" + (f" with {processes} processes" if processes > 1 else ""))
 
 
 def _schedule(beta: float, beta_max: float | None):
@@ -283,7 +279,7 @@ def sample(
 
 @app.command()
 def generate(
-    model: Annotated[Path, typer.Argument(help="model.pt (best trained with --preset paper: the full range of photon levels).")],
+    model: Annotated[Path, typer.Argument(help="model.pt (best trained with --preset generative: every photon level).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
     size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
     n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,

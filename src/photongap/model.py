@@ -56,7 +56,7 @@ class PosteriorSamples:
 
 
 FORMAT = "photongap-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sine_levels became encoding_levels, next to encoding
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 

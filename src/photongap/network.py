@@ -1,6 +1,6 @@
 """The network: photon counts in, logits of where the next photon lands out.
 
-A plain U-Net on a multi-scale sine encoding of the counts. No loss, optimiser or
+A plain U-Net on a multi-scale encoding of the counts. No loss, optimiser or
 training code lives here.
 """
 
@@ -12,24 +12,28 @@ from torch import nn
 from photongap.config import ModelConfig
 
 
-class SineEncoding(nn.Module):
-    """Encode counts at many scales: ``[sin(x * 10**-k) for k in range(levels)]``.
+class CountEncoding(nn.Module):
+    """Encode counts at many scales: ``[f(x * 10**-k) for k in range(levels)]``.
 
-    One network thus sees images from 1e-4 to 1e4 photons per pixel: the low-k
-    channels resolve single photons, the high-k channels stay linear in bright images.
-    Maps ``(B, 1, Y, X)`` to ``(B, levels, Y, X)``.
+    One network thus sees images from 1e-4 to 1e4 photons per pixel: the low-k channels
+    resolve single photons, the high-k channels stay linear in bright images. ``f`` is
+    ``sin`` (published) or ``tanh``. ``sin`` is periodic, so a channel cannot tell ``x``
+    from ``x + 2*pi*10**k``: at k = 1, 31 photons look like 0. ``tanh`` saturates instead,
+    so every channel is monotonic in the counts and none aliases. Maps ``(B, 1, Y, X)`` to
+    ``(B, levels, Y, X)``.
     """
 
     scales: torch.Tensor
 
-    def __init__(self, levels: int) -> None:
+    def __init__(self, levels: int, kind: str = "sine") -> None:
         super().__init__()
         # 1-D, so that converting the network to channels_last leaves it alone (a 4-D buffer
         # would get strides that alias its memory, which DDP's buffer broadcast rejects).
         self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32))
+        self.function = {"sine": torch.sin, "tanh": torch.tanh}[kind]
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        return torch.sin(counts * self.scales.reshape(1, -1, 1, 1))
+        return self.function(counts * self.scales.reshape(1, -1, 1, 1))
 
 
 class ResidualBlock(nn.Module):
@@ -68,9 +72,9 @@ class GapUNet(nn.Module):
         super().__init__()
         self.config = config
         widths = config.widths
-        self.encoding = SineEncoding(config.sine_levels)
+        self.encoding = CountEncoding(config.encoding_levels, config.encoding)
         self.down = nn.ModuleList()
-        in_channels = config.sine_levels
+        in_channels = config.encoding_levels
         for width in widths:
             self.down.append(ResidualBlock(in_channels, width))
             in_channels = width

@@ -7,17 +7,21 @@ appear whole or not at all.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from photongap.errors import PhotongapError
 from photongap.io import Image, ImageWriter, check_counts, check_new_outputs, iter_planes, read_image, to_counts, write_image
-from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples
+from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples, resolve_device
 from photongap.tiling import row_blocks
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -149,6 +153,87 @@ def denoise_file(
             if target is None:
                 writer.array[index] = result
     return out_path
+
+
+@dataclass(frozen=True)
+class DenoiseJob:
+    """One input file and where its denoised result goes."""
+
+    path: Path
+    target: Path
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """The device of each of ``workers`` processes: GPUs round-robin, or the CPU for all."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        count = torch.cuda.device_count()
+        return [f"cuda:{i % count}" for i in range(workers)]
+    return [str(resolved)] * workers
+
+
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(model_path: Path, devices: Any, ticks: Any, threads: int, options: dict[str, Any]) -> None:
+    """Worker process set-up: its device (one each, from a queue), its share of the cores, the model."""
+    if threads:
+        torch.set_num_threads(threads)
+    _worker.update(model=GapModel.load(model_path), device=devices.get(), ticks=ticks, options=options)
+
+
+def _denoise_in_worker(job: DenoiseJob, axes: str | None) -> Path:
+    image = read_image(job.path, axes)
+    options, ticks = _worker["options"], _worker["ticks"]
+    return denoise_file(_worker["model"], image, job.target, device=_worker["device"], progress=ticks.put, **options)
+
+
+def denoise_files(
+    model_path: Path,
+    jobs: Sequence[DenoiseJob],
+    *,
+    workers: int,
+    axes: str | None = None,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> list[Path]:
+    """Denoise many files with ``workers`` processes sharing them (see :func:`denoise_file`).
+
+    Each process loads the model once and takes the next file when it is done with one. On
+    GPUs the processes are spread over the devices; on the CPU each gets an equal share of
+    the cores, which pays when files are many and small (one process already uses every
+    core on large tiles). ``options`` are passed to :func:`denoise_file`. If a file fails,
+    the files not yet started are dropped and the error is raised; finished outputs are
+    complete and the failed one is not left half-written.
+    """
+    if workers < 1:
+        raise PhotongapError(f"--devices must be at least 1, got {workers}")
+    workers = min(workers, len(jobs))
+    devices = worker_devices(device, workers)
+    threads = max(1, torch.get_num_threads() // workers) if devices[0] == "cpu" else 0
+    context = multiprocessing.get_context("spawn")
+    device_queue, ticks = context.Queue(), context.Queue()
+    for name in devices:
+        device_queue.put(name)
+    order: dict[Any, int] = {}
+    done: list[Path | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model_path, device_queue, ticks, threads, options)) as pool:
+        order = {pool.submit(_denoise_in_worker, job, axes): i for i, job in enumerate(jobs)}
+        pending = set(order)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                while progress is not None and not ticks.empty():
+                    progress(ticks.get())
+                for future in finished:
+                    done[order[future]] = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    while progress is not None and not ticks.empty():
+        progress(ticks.get())
+    return [path for path in done if path is not None]
 
 
 def sample_axis(axes: str) -> str:
