@@ -111,6 +111,7 @@ def main() -> None:
     results: dict = {"photons_per_pixel": args.level, "budget_minutes": args.budget, "psnr_noisy": round(noisy_psnr(test, clean), 2)}
     name = f"peers_{args.level:g}ppx"
     previous = OUTPUT / f"{name}.json"
+    OUTPUT.mkdir(exist_ok=True)
     if previous.exists() and set(args.only) != {"paper", "default", "n2v"}:
         results = {**json.loads(previous.read_text()), **results}  # fill in the other methods from an earlier run
     for method in args.only:
@@ -121,6 +122,7 @@ def main() -> None:
             results["default"] = gap_curve("default", args.level, minutes, steps=None, budget=args.budget)
         else:
             results["n2v"] = n2v_curve(args.level, minutes)
+        previous.write_text(json.dumps(results, indent=2))  # keep what is done if a later method fails
     plot(results, OUTPUT / f"{name}.png")
     report(name, results)
 

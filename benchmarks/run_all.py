@@ -25,6 +25,7 @@ def run(script: str, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 16384 px memory run and the paper-preset training")
+    parser.add_argument("--peers", action="store_true", help="also run bench_peers.py at 1 and 0.1 photons/px (needs `make bench-peers`'s environment; about 80 min)")
     args = parser.parse_args()
     run("bench_throughput.py")
     run("bench_memory.py", "--size", "4096", *([] if args.quick else ["--size", "16384"]))
@@ -32,6 +33,9 @@ def main() -> None:
         run("bench_quality.py", "--preset", "paper", "--level", "1", "--steps", "600")
     run("bench_quality.py", "--preset", "default", "--level", "1", "--steps", "600")
     run("bench_sampling.py", "--images", "1" if args.quick else "2")
+    if args.peers:
+        run("bench_peers.py", "--level", "1", "--budget", "20")
+        run("bench_peers.py", "--level", "0.1", "--budget", "20")
     lines = ["# photongap benchmarks", ""]
     for path in sorted(OUTPUT.glob("*.json")):
         lines += [f"## {path.stem}", "", "```json", json.dumps(json.loads(path.read_text()), indent=1), "```", ""]

@@ -591,6 +591,7 @@ def test_ddp_on_two_cpu_processes(long_runs, precision):
     """``--devices 2 --strategy ddp --device cpu``: Lightning's gloo backend, two processes."""
     root, results = long_runs
     assert_ok(results[f"ddp_{precision}"])
+    assert results[f"ddp_{precision}"].stderr.count("model written to") == 1  # one summary, not one per process
     model = photongap.load(root / f"ddp_{precision}" / "model.pt")
     assert model.info["steps_done"] == 4
     counts = poisson_counts(SHAPE, seed=10)

@@ -135,7 +135,7 @@ def train(
         strategy=strategy,
         resume=resume,
     )
-    if result.model_path.exists():
+    if result.main_process and result.model_path.exists():
         how = "stopped at the time limit" if result.stopped_early else "done"
         console.print(f"[green]{how}[/]: {result.steps} steps in {result.elapsed_s / 60:.1f} min; model written to {result.model_path}")
 

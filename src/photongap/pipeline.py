@@ -216,7 +216,6 @@ def denoise_files(
     device_queue, ticks = context.Queue(), context.Queue()
     for name in devices:
         device_queue.put(name)
-    order: dict[Any, int] = {}
     done: list[Path | None] = [None] * len(jobs)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model_path, device_queue, ticks, threads, options)) as pool:
         order = {pool.submit(_denoise_in_worker, job, axes): i for i, job in enumerate(jobs)}

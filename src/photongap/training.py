@@ -229,6 +229,7 @@ class TrainResult:
     steps: int
     elapsed_s: float
     stopped_early: bool
+    main_process: bool = True  # False on the other ranks of a multi-process run
 
 
 def data_statistics(images: Sequence[np.ndarray]) -> dict[str, float]:
@@ -355,4 +356,4 @@ def train(
         }
         GapModel(module.network, model_config, info).save(model_path)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")
-    return TrainResult(model_path, trainer.global_step, elapsed, stopped_early=trainer.global_step < train_config.steps)
+    return TrainResult(model_path, trainer.global_step, elapsed, stopped_early=trainer.global_step < train_config.steps, main_process=trainer.is_global_zero)
