@@ -20,6 +20,7 @@ samples start from the held-out images at ``--level`` (1 photon/px).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from common import OUTPUT, demo_split, report
+from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.sample_data import psnr
 from photongap.sampling import PhotonSchedule
@@ -85,11 +87,16 @@ def train_bright_model(photons_per_pixel: float = 100.0, steps: int = 600) -> st
     from photongap.training import train
 
     path = OUTPUT / "models" / f"sampling_{photons_per_pixel:g}ppx_{steps}" / "model.pt"
-    if not path.exists():
-        model_config, train_config = preset("generative")
-        train_config = override(train_config, steps=steps, val_fraction=0.0)
-        images, _, _ = demo_split(photons_per_pixel)
-        train(images, path.parent, model_config=model_config, train_config=train_config, progress=False)
+    model_config, train_config = preset("generative")
+    try:
+        if GapModel.load(path).config == model_config:
+            return str(path)  # trained by an earlier run with today's configuration
+    except PhotongapError:
+        pass  # none yet, or from an older version
+    train_config = override(train_config, steps=steps, val_fraction=0.0)
+    images, _, _ = demo_split(photons_per_pixel)
+    shutil.rmtree(path.parent, ignore_errors=True)
+    train(images, path.parent, model_config=model_config, train_config=train_config, progress=False)
     return str(path)
 
 
