@@ -148,7 +148,8 @@ def test_presets():
     assert paper.split_mode == "absolute" and (paper.split_min_psnr, paper.split_max_psnr) == (-40.0, 20.0)
     assert paper.precision == "fp32"
     generative_model, generative = preset("generative")
-    assert generative_model == default_model and generative.split_mode == "absolute"
+    assert generative_model == paper_model and generative.split_mode == "absolute"
+    assert generative.learning_rate == default_training.learning_rate
     assert (generative.split_min_psnr, generative.split_max_psnr) == (-40.0, 20.0)
     with pytest.raises(PhotongapError, match="unknown preset 'fast'.*default, generative, paper"):
         preset("fast")
