@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_quality import QualityCurve
-from common import OUTPUT, demo_split, noisy_psnr, report
+from common import OUTPUT, demo_split, mean_psnr, noisy_psnr, report
 from photongap.config import override, preset
 from photongap.model import GapModel
 from photongap.sample_data import psnr
@@ -36,14 +36,15 @@ from photongap.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
+Split = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], float]  # noisy train, noisy test, clean test, photons/px
 EVAL_MINUTES = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60]
 
 
-def gap_curve(name: str, level: float, minutes: list[float], steps: int | None, budget: float | None) -> dict:
+def gap_curve(name: str, data: Split, minutes: list[float], steps: int | None, budget: float | None) -> dict:
     """Train a photongap preset and evaluate it at the given wall times and at the end."""
     model_config, train_config = preset(name)
     train_config = override(train_config, steps=steps or 1_000_000, time_limit_minutes=budget, val_fraction=0.0)
-    train_images, test, clean = demo_split(level)
+    train_images, test, clean, level = data
     run_dir = OUTPUT / "models" / f"peers_{name}_{level:g}ppx"
     shutil.rmtree(run_dir, ignore_errors=True)
     curve = QualityCurve(test, clean, train_config.precision, every=100 if steps else None, minutes=minutes)
@@ -51,22 +52,22 @@ def gap_curve(name: str, level: float, minutes: list[float], steps: int | None, 
     result = train(train_images, run_dir, model_config=model_config, train_config=train_config, progress=False, callbacks=[curve])
     wall = (time.monotonic() - began - curve.excluded) / 60
     model = GapModel.load(result.model_path)
-    final = float(np.mean([psnr(c, model.denoise(t, precision=train_config.precision)) for t, c in zip(test, clean)]))
+    final = mean_psnr(model, test, clean, precision=train_config.precision)
     points = sorted(curve.points + [{"step": result.steps, "minutes": round(wall, 3), "psnr": round(final, 2)}], key=lambda p: p["minutes"])
     return {"steps": result.steps, "minutes": round(wall, 2), "psnr": round(final, 2), "curve": points}
 
 
-def n2v_curve(level: float, minutes: list[float]) -> dict:
+def n2v_curve(data: Split, minutes: list[float]) -> dict:
     """Train CAREamics' Noise2Void in its own environment; score its predictions here."""
     if not PEERS_PYTHON.exists():
         raise SystemExit("the peers' environment is missing: run `make bench-peers` (it builds .peers-venv)")
-    train_images, test, clean = demo_split(level)
+    train_images, test, clean, level = data
     work = OUTPUT / "peers"
     work.mkdir(parents=True, exist_ok=True)
-    data = work / f"data_{level:g}ppx.npz"
+    arrays = work / f"data_{level:g}ppx.npz"
     predictions = work / f"n2v_{level:g}ppx.npz"
-    np.savez(data, **{f"train_{i:02d}": a for i, a in enumerate(train_images)}, **{f"test_{i:02d}": a for i, a in enumerate(test)})
-    command = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers" / "n2v_curve.py"), str(data), str(predictions), "--minutes", *map(str, minutes)]
+    np.savez(arrays, **{f"train_{i:02d}": a for i, a in enumerate(train_images)}, **{f"test_{i:02d}": a for i, a in enumerate(test)})
+    command = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers" / "n2v_curve.py"), str(arrays), str(predictions), "--minutes", *map(str, minutes)]
     subprocess.run(command, check=True)
     saved = np.load(predictions)
     points = []
@@ -107,7 +108,8 @@ def main() -> None:
     args = parser.parse_args()
 
     minutes = [m for m in EVAL_MINUTES if m < args.budget] + [args.budget]
-    _, test, clean = demo_split(args.level)
+    train_images, test, clean = demo_split(args.level)
+    data = (train_images, test, clean, args.level)
     results: dict = {"photons_per_pixel": args.level, "budget_minutes": args.budget, "psnr_noisy": round(noisy_psnr(test, clean), 2)}
     name = f"peers_{args.level:g}ppx"
     previous = OUTPUT / f"{name}.json"
@@ -117,11 +119,11 @@ def main() -> None:
     for method in args.only:
         print(f"--- {method} at {args.level:g} photons/px", flush=True)
         if method == "paper":
-            results["paper"] = gap_curve("paper", args.level, [m for m in minutes if m <= 10], steps=600, budget=None)
+            results["paper"] = gap_curve("paper", data, [m for m in minutes if m <= 10], steps=600, budget=None)
         elif method == "default":
-            results["default"] = gap_curve("default", args.level, minutes, steps=None, budget=args.budget)
+            results["default"] = gap_curve("default", data, minutes, steps=None, budget=args.budget)
         else:
-            results["n2v"] = n2v_curve(args.level, minutes)
+            results["n2v"] = n2v_curve(data, minutes)
         previous.write_text(json.dumps(results, indent=2))  # keep what is done if a later method fails
     plot(results, OUTPUT / f"{name}.png")
     report(name, results)
