@@ -2,7 +2,7 @@
 
 The input is an uncompressed uint16 TIFF (memory-mapped when read); the output an uncompressed
 float32 TIFF written through a memory map. The command runs in a child process; its peak
-resident memory is the child's ``ru_maxrss``. The network is the published architecture with
+resident memory is the child's ``ru_maxrss``. The network is the default architecture with
 random weights (memory and speed do not depend on the weights).
 
     .venv/bin/python benchmarks/bench_memory.py --size 4096 [--size 16384]

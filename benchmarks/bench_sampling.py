@@ -1,9 +1,12 @@
 """Posterior sampling: speed and quality of the published loop against photongap's, in one run.
 
 Settings (all stop at the same rule, 20 dB pseudo-PSNR, from the noisy 256 x 256 test images):
-- ``published``: one sample at a time, fp32, beta = 0.1 (the published loop);
-- ``batched``: the n samples through the network together, bf16 autocast + channels_last, beta 0.1;
-- ``ramp05`` / ``ramp1`` / ``ramp2``: as batched, with beta growing up to 0.5 / 1.0 / 2.0 once the image is bright.
+- ``published``: one sample at a time, fp32, contiguous layout, beta = 0.1 (the published loop);
+- ``batched``: the n samples in one loop, 16 images per network call, beta 0.1;
+- ``loop``: the n samples in one loop, photongap's defaults for the device (on a CPU: one
+  image per call in channels_last, which was faster per image than batches), beta 0.1;
+- ``ramp05`` / ``ramp1`` / ``ramp2`` / ``ramp4``: as ``loop``, with beta growing up to
+  0.5 / 1 / 2 / 4 once the image is bright.
 
 Quality per setting, on the same images: PSNR of single samples and of the mean of the
 samples against ground truth, PSNR of the mean against the MMSE prediction, and the
@@ -27,18 +30,24 @@ import time
 import numpy as np
 import torch
 
-from common import OUTPUT, demo_split, report
+from common import OUTPUT, ContiguousModel, demo_split, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.sample_data import psnr
 from photongap.sampling import PhotonSchedule
 
+# "samples": per call of GapModel.sample; "batch": images per network call (None: the default).
 SETTINGS = {
-    "published": {"batch": 1, "precision": "fp32", "schedule": PhotonSchedule(beta=0.1)},
-    "batched": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1)},
-    "ramp05": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=0.5)},
-    "ramp1": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=1.0)},
-    "ramp2": {"batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=2.0)},
+    "published": {"samples": 1, "batch": 1, "precision": "fp32", "layout": "contiguous", "schedule": PhotonSchedule(beta=0.1)},
+    "batched": {"samples": None, "batch": 16, "precision": "auto", "schedule": PhotonSchedule(beta=0.1)},
+    "loop": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1)},
+    "ramp05": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=0.5)},
+    "ramp1": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=1.0)},
+    "ramp2": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=2.0)},
+    "ramp4": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.1, beta_max=4.0)},
+    "double": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=1.0)},
+    "fast": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.5, beta_max=4.0)},
+    "fast03": {"samples": None, "batch": None, "precision": "auto", "schedule": PhotonSchedule(beta=0.3, beta_max=4.0)},
 }
 
 
@@ -50,12 +59,14 @@ def coverage_80(samples: np.ndarray, truth: np.ndarray) -> float:
 
 def run_setting(model: GapModel, setting: dict, noisy: list[np.ndarray], clean: list[np.ndarray], mmse: list[np.ndarray], n: int, seed: int, target_psnr: float) -> dict:
     single, mean_gt, mean_mmse, coverage, seconds, calls = [], [], [], [], 0.0, []
+    if setting.get("layout") == "contiguous":
+        model = ContiguousModel(model.network, model.config, model.info)
     for index, (counts, truth, expected) in enumerate(zip(noisy, clean, mmse)):
-        batch = setting["batch"] or n
+        per_call = setting["samples"] or n
         started = time.perf_counter()
         parts = [
-            model.sample(counts, min(batch, n - first), target_psnr=target_psnr, schedule=setting["schedule"], seed=seed + 1000 * index + first, batch_size=batch, precision=setting["precision"], device="cpu")
-            for first in range(0, n, batch)
+            model.sample(counts, min(per_call, n - first), target_psnr=target_psnr, schedule=setting["schedule"], seed=seed + 1000 * index + first, batch_size=setting["batch"], precision=setting["precision"], device="cpu")
+            for first in range(0, n, per_call)
         ]
         seconds += time.perf_counter() - started
         samples = np.concatenate([part.samples for part in parts])

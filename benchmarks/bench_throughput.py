@@ -1,11 +1,13 @@
 """Training throughput (patches/s) and denoising throughput (megapixels/s): networks and precisions.
 
 Measured side by side in one run, medians of repeats: the published network (depth 5, 32
-filters, 11 M weights) in fp32, the baseline, against photongap's default network (depth 4,
-32 filters capped at 128, 1.6 M weights) in fp32 and in bf16 autocast + channels_last.
+filters, 11 M weights) in fp32 and the default (contiguous) memory layout, as published: the
+baseline; against photongap's default network (depth 4, 32 filters capped at 128, 1.6 M
+weights) in channels_last layout, in fp32 and in bf16 autocast.
 Training: one full optimiser step (split on the batch, forward, photon loss, backward,
 Adam) at batch 16 of 64 px patches. Denoising: `GapModel.denoise` on 256 and 512 px images
-and a tiled 2048 px image (tile 512, overlap 64).
+and a tiled 2048 px image (tile 512, overlap 64), one image or tile per network call on the
+CPU (photongap's default there).
 
     .venv/bin/python benchmarks/bench_throughput.py [--repeats 7]
 """
@@ -17,7 +19,7 @@ import argparse
 import numpy as np
 import torch
 
-from common import median_time, report
+from common import ContiguousModel, median_time, report
 from photongap.config import ModelConfig, TrainConfig, preset
 from photongap.model import GapModel
 from photongap.network import GapUNet
@@ -28,9 +30,9 @@ NETWORKS = {"published": preset("paper")[0], "default": ModelConfig()}
 CASES = [("published", "fp32"), ("default", "fp32"), ("default", "bf16")]
 
 
-def training_step_seconds(config: ModelConfig, precision: str, repeats: int) -> float:
+def training_step_seconds(network: str, precision: str, repeats: int) -> float:
     bf16 = precision == "bf16"
-    module = GapLightningModule(config, TrainConfig(precision=precision), channels_last=bf16)
+    module = GapLightningModule(NETWORKS[network], TrainConfig(precision=precision), channels_last=network != "published")
     module.split_generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(module.network.parameters(), lr=1e-4)
     counts = torch.poisson(torch.full((16, 1, 64, 64), 1.0), generator=torch.Generator().manual_seed(1))
@@ -46,9 +48,10 @@ def training_step_seconds(config: ModelConfig, precision: str, repeats: int) -> 
     return median_time(step, repeats)
 
 
-def denoise_seconds(config: ModelConfig, precision: str, size: int, repeats: int) -> float:
+def denoise_seconds(network: str, precision: str, size: int, repeats: int) -> float:
     torch.manual_seed(0)
-    model = GapModel(GapUNet(config).eval(), config)
+    config = NETWORKS[network]
+    model = (ContiguousModel if network == "published" else GapModel)(GapUNet(config).eval(), config)
     counts = np.random.default_rng(0).poisson(1.0, (size, size)).astype(np.float32)
     tile = 512 if size > 512 else None
     return median_time(lambda: model.denoise(counts, tile=tile, overlap=64, precision=precision, device="cpu"), repeats)
@@ -60,12 +63,12 @@ def main() -> None:
     args = parser.parse_args()
     results: dict = {"threads": torch.get_num_threads(), "training": {}, "denoising": {}}
     for network, precision in CASES:
-        seconds = training_step_seconds(NETWORKS[network], precision, args.repeats)
+        seconds = training_step_seconds(network, precision, args.repeats)
         results["training"][f"{network}_{precision}"] = {"seconds_per_step": round(seconds, 4), "patches_per_s": round(16 / seconds, 1)}
     for size in (256, 512, 2048):
         baseline = None
         for network, precision in CASES:
-            seconds = denoise_seconds(NETWORKS[network], precision, size, max(3, args.repeats // (1 if size <= 512 else 3)))
+            seconds = denoise_seconds(network, precision, size, max(3, args.repeats // (1 if size <= 512 else 3)))
             baseline = baseline or seconds
             results["denoising"][f"{size}px_{network}_{precision}"] = {
                 "seconds": round(seconds, 4),

@@ -9,11 +9,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from photongap.model import GapModel
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
 
 OUTPUT = Path(__file__).resolve().parents[1] / "bench-output"
+
+
+class ContiguousModel(GapModel):
+    """A model whose network runs as published: fp32, default (contiguous) memory layout, no autocast."""
+
+    def logits_fn(self, device="auto", precision="fp32"):
+        network = self.network.to(device).eval().to(memory_format=torch.contiguous_format)
+
+        def logits(counts: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return network(counts.to(device, torch.float32).contiguous()).float()
+
+        return logits
 
 
 def demo_split(photons_per_pixel: float, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

@@ -74,6 +74,8 @@ def test_unknown_keys_raise_naming_the_key(tmp_path, text, key):
         ("model", "depth", 0),
         ("model", "start_filters", 0),
         ("model", "encoding_levels", 0),
+        ("model", "log_channel", "yes"),
+        ("model", "log_channel", 1),
     ],
 )
 def test_bad_values_raise_naming_the_key(tmp_path, section, key, value):
@@ -143,12 +145,12 @@ def test_presets():
     assert default_model == ModelConfig() and default_training == TrainConfig()
     paper_model, paper = preset("paper")
     assert (paper_model.depth, paper_model.start_filters, paper_model.encoding, paper_model.encoding_levels) == (5, 32, "sine", 10)
-    assert paper_model.max_filters is None
+    assert paper_model.max_filters is None and not paper_model.log_channel
     assert paper.learning_rate == 1e-4
     assert paper.split_mode == "absolute" and (paper.split_min_psnr, paper.split_max_psnr) == (-40.0, 20.0)
     assert paper.precision == "fp32"
     generative_model, generative = preset("generative")
-    assert generative_model == paper_model and generative.split_mode == "absolute"
+    assert generative_model == default_model and generative.split_mode == "absolute"
     assert generative.learning_rate == default_training.learning_rate
     assert (generative.split_min_psnr, generative.split_max_psnr) == (-40.0, 20.0)
     with pytest.raises(PhotongapError, match="unknown preset 'fast'.*default, generative, paper"):

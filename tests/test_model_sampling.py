@@ -7,8 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from photongap.errors import PhotongapError
+from photongap.model import batch_size_for
 from photongap.sampling import PhotonSchedule, StepState
 
 
@@ -113,3 +115,21 @@ def test_sampling_beyond_the_trained_level_warns(tiny_model, poisson_image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")
+
+
+def test_one_image_per_network_call_on_a_cpu_unless_asked():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert batch_size_for(cpu, None, on_gpu=16) == 1
+    assert batch_size_for(gpu, None, on_gpu=16) == 16
+    assert batch_size_for(cpu, 5, on_gpu=16) == 5
+    with pytest.raises(PhotongapError, match="batch size must be at least 1"):
+        batch_size_for(cpu, 0, on_gpu=16)
+
+
+def test_the_network_runs_channels_last_with_the_same_logits(tiny_model, poisson_image):
+    counts = torch.from_numpy(poisson_image((32, 40), 3.0))[None, None]
+    with torch.no_grad():
+        reference = tiny_model.network(counts.contiguous())
+    logits = tiny_model.logits_fn("cpu", "fp32")(counts)
+    assert tiny_model.network.down[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)

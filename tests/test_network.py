@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -76,11 +78,26 @@ def test_tanh_encoding_is_monotonic_where_sine_aliases():
     assert abs(float(sine[0, 1, 0, 31])) < 0.05 and float(tanh[0, 1, 0, 31]) > 0.99
 
 
-def test_the_network_input_is_the_sine_encoding(tiny_config):
+def test_the_log_channel_follows_the_encoding_and_resolves_bright_pixels_best():
+    counts = torch.tensor([0.0, 1.0, 100.0, 110.0, 3500.0, 3850.0]).reshape(1, 1, 1, 6)
+    encoded = CountEncoding(5, "tanh", log_channel=True)(counts)
+    assert encoded.shape == (1, 6, 1, 6)
+    torch.testing.assert_close(encoded[0, :5], CountEncoding(5, "tanh")(counts)[0])
+    torch.testing.assert_close(encoded[0, 5, 0], torch.log1p(counts[0, 0, 0]))
+    # 10% brighter (one noise standard deviation at 100 photons): the log channel moves by
+    # 0.095 at any brightness, the best-resolving tanh channel by less than half of that.
+    for dim, bright in ((2, 3), (4, 5)):
+        change = (encoded[0, :, 0, bright] - encoded[0, :, 0, dim]).abs()
+        assert float(change[5]) > 0.09 and float(change[:5].max()) < 0.045
+
+
+def test_the_network_input_is_the_encoding(tiny_config):
     net = GapUNet(tiny_config)
     assert net.encoding.scales.flatten().tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
-    assert net.down[0].conv1.in_channels == tiny_config.encoding_levels
+    assert net.down[0].conv1.in_channels == tiny_config.encoding_levels + 1  # + log1p(counts)
     assert net.head.out_channels == 1
+    published = GapUNet(dataclasses.replace(tiny_config, encoding="sine", log_channel=False))
+    assert published.down[0].conv1.in_channels == tiny_config.encoding_levels
 
 
 def test_bf16_autocast_with_channels_last_returns_float32_logits(tiny_config):

@@ -43,7 +43,7 @@ def tiny_net():
     # A random network is no posterior, so how far its predictions drift while photons are
     # added is luck of the draw: this one (sine encoding, seed 0) drifts little, which the
     # mean-of-samples test below needs. The exact-posterior tests use fixed logits instead.
-    net = GapUNet(ModelConfig(depth=2, start_filters=4, encoding="sine")).eval()
+    net = GapUNet(ModelConfig(depth=2, start_filters=4, encoding="sine", log_channel=False)).eval()
 
     def logits_fn(counts: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -33,7 +33,7 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(map(str, get_args(hint)))
     if get_origin(hint) in (Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in get_args(hint))
-    return {int: "a whole number", float: "a number", type(None): "null"}.get(hint, str(hint))
+    return {int: "a whole number", float: "a number", bool: "true or false", type(None): "null"}.get(hint, str(hint))
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -49,6 +49,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if hint is type(None):
         return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
     if isinstance(value, bool):
         return False, value
     if hint is int:
@@ -85,7 +87,7 @@ class ModelConfig:
     max_filters : int or None
         Cap on the channels of the deep levels (None: no cap, as published).
 
-    The defaults (depth 4, 32 filters capped at 128, tanh encoding: 1.6 M weights) trained to
+    The defaults (depth 4, 32 filters capped at 128, tanh + log1p encoding: 1.6 M weights) trained to
     a higher PSNR per minute on a CPU than the published network (depth 5, 32 filters, no
     cap, sine encoding: 11 M weights, ``preset("paper")``); see benchmarks/bench_peers.py.
     encoding : {"sine", "tanh"}
@@ -94,6 +96,11 @@ class ModelConfig:
         (see :class:`photongap.network.CountEncoding`).
     encoding_levels : int
         Scales of the input encoding.
+    log_channel : bool
+        Also give the network ``log1p(counts)``. Without it, a network trained over the full
+        range of levels fell below its own input from about 10 photons/px (24.9 against
+        47.4 dB at 100 photons/px); with it, 33 dB there and 1-2 dB better from 3 to 30
+        photons/px, and the same at 1 photon/px (see :class:`photongap.network.CountEncoding`).
     """
 
     depth: int = 4
@@ -101,6 +108,7 @@ class ModelConfig:
     max_filters: int | None = 128
     encoding: Encoding = "tanh"
     encoding_levels: int = 10
+    log_channel: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -188,19 +196,19 @@ class TrainConfig:
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # photongap's default, for denoising: inputs split at 50-95% of the data's own photons
-    # (-3 to -0.2 dB), a smaller network on a tanh encoding, a fast schedule, bf16 where it pays.
+    # (-3 to -0.2 dB), a smaller network on a tanh + log1p encoding, a fast schedule, bf16
+    # where it pays.
     "default": (ModelConfig(), TrainConfig()),
     # For posterior sampling and generation: inputs at every level from -40 to +20 dB whatever
-    # the data's brightness, as published, on the published network, with the default schedule.
-    # (The default tanh network, trained this way, sampled far worse at 20 dB: 9.8 against
-    # 17.3 dB in benchmarks/bench_sampling.py; not yet understood.)
+    # the data's brightness, as published, on the default network (its log1p channel keeps it
+    # right at the bright levels a sampler passes through) and the default schedule.
     "generative": (
-        ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10),
+        ModelConfig(),
         TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0),
     ),
     # The published configuration: full-range absolute splits, Adam 1e-4, fp32.
     "paper": (
-        ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10),
+        ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10, log_channel=False),
         TrainConfig(
             learning_rate=1e-4,
             schedule="constant",

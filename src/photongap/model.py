@@ -56,7 +56,7 @@ class PosteriorSamples:
 
 
 FORMAT = "photongap-model"
-FORMAT_VERSION = 2  # 2: sine_levels became encoding_levels, next to encoding
+FORMAT_VERSION = 3  # 2: sine_levels became encoding_levels, next to encoding; 3: log_channel
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 
@@ -71,6 +71,19 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise PhotongapError(f"unsupported device {name!r}; use auto, cpu or cuda")
     return device
+
+
+def batch_size_for(device: torch.device, requested: int | None, on_gpu: int) -> int:
+    """Images per network call: ``requested``, else 1 on a CPU and ``on_gpu`` on a GPU.
+
+    On a CPU, oneDNN ran one 256 or 512 px image at a time faster per image than batches of
+    4 or 16 (benchmarks/bench_throughput.py): larger batches only spill out of the caches.
+    """
+    if requested is None:
+        return on_gpu if device.type == "cuda" else 1
+    if requested < 1:
+        raise PhotongapError(f"the batch size must be at least 1, got {requested}")
+    return requested
 
 
 def use_bf16(precision: Precision, device_type: str) -> bool:
@@ -154,18 +167,16 @@ class GapModel:
     def logits_fn(self, device: str | torch.device = "auto", precision: Precision = "auto") -> LogitsFn:
         """The network as a function ``counts (B,1,Y,X) -> logits``, on ``device``, under inference mode.
 
-        With bf16 the network runs under autocast in channels_last layout; the output
-        convolution and the logits stay float32.
+        The network runs in channels_last layout (on a CPU, oneDNN's convolutions ran 1.3-1.8x
+        faster so, in fp32 too), under bf16 autocast where chosen; the output convolution and
+        the logits stay float32.
         """
         device = resolve_device(device)
         bf16 = use_bf16(precision, device.type)
-        network = self.network.to(device).eval()
-        network = network.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
+        network = self.network.to(device).eval().to(memory_format=torch.channels_last)
 
         def logits(counts: torch.Tensor) -> torch.Tensor:
-            counts = counts.to(device, torch.float32)
-            if bf16:
-                counts = counts.contiguous(memory_format=torch.channels_last)
+            counts = counts.to(device, torch.float32).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 return network(counts).float()
 
@@ -177,7 +188,7 @@ class GapModel:
         *,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
         out: Any | None = None,
@@ -192,8 +203,8 @@ class GapModel:
             ``(Y, X)`` plane is one image with its own softmax.
         tile, overlap : int
             Tiles of ``tile`` px with ``overlap`` px of shared context (None: one pass).
-        batch_size : int
-            Tiles per network call.
+        batch_size : int, optional
+            Tiles per network call (default: 1 on a CPU, 4 on a GPU).
         out : array-like, optional
             Where to write the float32 result (e.g. a memory map); new array if omitted.
         progress : callable, optional
@@ -208,6 +219,8 @@ class GapModel:
         if len(shape) < 2 or min(shape) == 0:
             raise PhotongapError(f"cannot denoise an array of shape {shape}")
         out = np.empty(shape, dtype=np.float32) if out is None else out
+        device = resolve_device(device)
+        batch_size = batch_size_for(device, batch_size, on_gpu=4)
         logits_fn = self.logits_fn(device, precision)
         for index in np.ndindex(*shape[:-2]):
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
@@ -246,9 +259,10 @@ class GapModel:
                 stacklevel=3,
             )
 
-    def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
+    def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
         """Images up to ``tile`` go through the network whole, in batches; larger ones tile by tile."""
         base = self.logits_fn(device, precision)
+        batch_size = batch_size_for(device, batch_size, on_gpu=16)
         multiple = self.config.size_multiple
         if tile is not None and max(shape) > tile:
             return tiled(base, tile=tile, overlap=min(DEFAULT_OVERLAP, tile // 4), multiple=multiple, batch_size=batch_size)
@@ -263,7 +277,7 @@ class GapModel:
         target_photons: float | None = None,
         schedule: PhotonSchedule = PhotonSchedule(),
         seed: int = 0,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         tile: int | None = 1024,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
@@ -287,8 +301,9 @@ class GapModel:
             Photons per step (published: ``beta = 0.1``).
         seed : int
             Same seed, same samples on the same device.
-        batch_size : int
-            Images per network call.
+        batch_size : int, optional
+            Images per network call (default: 1 on a CPU, where that was fastest per image,
+            16 on a GPU).
         tile : int or None
             Images larger than this are predicted tile by tile, logits stitched before the
             softmax (the same method as :meth:`denoise`).
@@ -327,7 +342,7 @@ class GapModel:
         target_photons: float | None = None,
         schedule: PhotonSchedule = PhotonSchedule(),
         seed: int = 0,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         tile: int | None = 1024,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
@@ -336,7 +351,7 @@ class GapModel:
         """New images from an empty canvas: the sampling loop started from zero photons.
 
         A model trained with ``split_mode="absolute"`` over the full range of levels
-        (the ``paper`` preset) generates best: it has seen nearly empty inputs.
+        (``preset("generative")``) generates best: it has seen nearly empty inputs.
         """
         if n < 1 or len(shape) != 2 or min(shape) < 1:
             raise PhotongapError(f"generate needs n >= 1 and a 2D size, got n={n}, size={tuple(shape)}")

@@ -13,27 +13,35 @@ from photongap.config import ModelConfig
 
 
 class CountEncoding(nn.Module):
-    """Encode counts at many scales: ``[f(x * 10**-k) for k in range(levels)]``.
+    """Encode counts at many scales: ``[f(x * 10**-k) for k in range(levels)]``, optionally ``log1p(x)``.
 
     One network thus sees images from 1e-4 to 1e4 photons per pixel: the low-k channels
     resolve single photons, the high-k channels stay linear in bright images. ``f`` is
     ``sin`` (published) or ``tanh``. ``sin`` is periodic, so a channel cannot tell ``x``
     from ``x + 2*pi*10**k``: at k = 1, 31 photons look like 0. ``tanh`` saturates instead,
-    so every channel is monotonic in the counts and none aliases. Maps ``(B, 1, Y, X)`` to
-    ``(B, levels, Y, X)``.
+    so every channel is monotonic in the counts and none aliases.
+
+    Both leave a bright image's fine differences to channels that barely move: 10% more
+    photons (one standard deviation of the noise at 100 photons) changes no channel by more
+    than 0.04, at 100 or at 3500 photons. The logits the network must output there are close
+    to ``log(x)`` itself. ``log_channel`` appends ``log1p(x)``, which moves by 0.095 for 10%
+    at any brightness. Maps ``(B, 1, Y, X)`` to ``(B, channels, Y, X)``.
     """
 
     scales: torch.Tensor
 
-    def __init__(self, levels: int, kind: str = "sine") -> None:
+    def __init__(self, levels: int, kind: str = "sine", log_channel: bool = False) -> None:
         super().__init__()
+        self.log_channel = log_channel
+        self.channels = levels + int(log_channel)
         # 1-D, so that converting the network to channels_last leaves it alone (a 4-D buffer
         # would get strides that alias its memory, which DDP's buffer broadcast rejects).
         self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32))
         self.function = {"sine": torch.sin, "tanh": torch.tanh}[kind]
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        return self.function(counts * self.scales.reshape(1, -1, 1, 1))
+        encoded = self.function(counts * self.scales.reshape(1, -1, 1, 1))
+        return torch.cat([encoded, torch.log1p(counts)], dim=1) if self.log_channel else encoded
 
 
 class ResidualBlock(nn.Module):
@@ -72,9 +80,9 @@ class GapUNet(nn.Module):
         super().__init__()
         self.config = config
         widths = config.widths
-        self.encoding = CountEncoding(config.encoding_levels, config.encoding)
+        self.encoding = CountEncoding(config.encoding_levels, config.encoding, config.log_channel)
         self.down = nn.ModuleList()
-        in_channels = config.encoding_levels
+        in_channels = self.encoding.channels
         for width in widths:
             self.down.append(ResidualBlock(in_channels, width))
             in_channels = width

@@ -114,7 +114,7 @@ def denoise_file(
     output_units: str = "photons",
     tile: int | None = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     overwrite: bool = False,

@@ -311,7 +311,7 @@ def train(
     )
     run_dir.mkdir(parents=True, exist_ok=True)  # only now that the data passed its checks
     (run_dir / "config.yaml").write_text(dump_yaml(model_config, train_config))
-    module = GapLightningModule(model_config, train_config, channels_last=bf16)
+    module = GapLightningModule(model_config, train_config, channels_last=True)
     run_files = RunFiles(run_dir, checkpoint_every=max(1, min(100, train_config.val_every)))
     callbacks = [run_files, *callbacks]
     if progress:
