@@ -6,7 +6,9 @@ Settings (all stop at the same rule, 20 dB pseudo-PSNR, from the noisy 256 x 256
 - ``loop``: the n samples in one loop, photongap's defaults for the device (on a CPU: one
   image per call in channels_last, which was faster per image than batches), beta 0.1;
 - ``ramp05`` / ``ramp1`` / ``ramp2`` / ``ramp4``: as ``loop``, with beta growing up to
-  0.5 / 1 / 2 / 4 once the image is bright.
+  0.5 / 1 / 2 / 4 once the image is bright;
+- ``double``: as ``loop`` with beta 1; ``fast`` / ``fast03``: beta 0.5 / 0.3 from the start,
+  growing up to 4 (``photongap sample --beta 0.5 --beta-max 4``).
 
 Quality per setting, on the same images: PSNR of single samples and of the mean of the
 samples against ground truth, PSNR of the mean against the MMSE prediction, and the
