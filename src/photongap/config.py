@@ -202,10 +202,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # For posterior sampling and generation: inputs at every level from -40 to +20 dB whatever
     # the data's brightness, as published, on the default network (its log1p channel keeps it
     # right at the bright levels a sampler passes through) and the default schedule.
-    "generative": (
-        ModelConfig(),
-        TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0),
-    ),
+    "generative": (ModelConfig(), TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0)),
     # The published configuration: full-range absolute splits, Adam 1e-4, fp32.
     "paper": (
         ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10, log_channel=False),
