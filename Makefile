@@ -10,7 +10,6 @@ STAMP := $(VENV)/.installed
 
 PEERS := .peers-venv
 PEERS_STAMP := $(PEERS)/.installed
-PEERS_SITE = $(shell $(PEERS)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: demo test test-fast bench bench-peers clean
 
@@ -43,7 +42,9 @@ $(PEERS_STAMP): benchmarks/peers/requirements.txt
 	$(PEERS)/bin/python -m pip install -q $(TORCH)
 	$(PEERS)/bin/python -m pip install -q --no-deps careamics==0.3.5
 	$(PEERS)/bin/python -m pip install -q -r benchmarks/peers/requirements.txt $(TORCH)
-	cp -r benchmarks/peers/torchvision_stub/torchvision $(PEERS_SITE)/
+	# The site folder is asked for in the recipe's shell: make would expand a variable for it
+	# before the environment exists.
+	cp -r benchmarks/peers/torchvision_stub/torchvision "$$($(PEERS)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	touch $(PEERS_STAMP)
 
 bench-peers: $(STAMP) $(PEERS_STAMP)

