@@ -49,7 +49,7 @@ class QualityCurve(L.Callback):
             trainer.should_stop = True  # the last evaluation time has passed
         if not (due_by_step or due_by_time):
             return
-        model = GapModel(module.network, module.model_config)
+        model = GapModel(module.inference_network, module.model_config)
         psnr = mean_psnr(model, self.test, self.clean, precision=self.precision, device=module.device)
         module.network.train()
         self.excluded += time.monotonic() - began

@@ -71,6 +71,8 @@ def test_unknown_keys_raise_naming_the_key(tmp_path, text, key):
         ("training", "schedule", "linear"),
         ("training", "split_mode", "sideways"),
         ("training", "precision", "fp16"),
+        ("training", "average_decay", 1.0),
+        ("training", "average_decay", -0.5),
         ("model", "depth", 0),
         ("model", "start_filters", 0),
         ("model", "encoding_levels", 0),

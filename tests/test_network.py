@@ -40,7 +40,8 @@ def test_the_published_network_has_about_eleven_million_weights():
 
 
 def test_the_default_network_is_smaller():
-    assert 1.5e6 < parameters(GapUNet(ModelConfig())) < 1.8e6
+    assert ModelConfig().widths == [16, 32, 64, 128]
+    assert 0.6e6 < parameters(GapUNet(ModelConfig())) < 0.8e6 < 11e6 < parameters(GapUNet(preset("paper")[0]))
 
 
 def test_max_filters_caps_the_deep_levels():

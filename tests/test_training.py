@@ -68,6 +68,22 @@ def test_a_short_run_writes_the_run_folder_and_a_usable_model(tmp_path, tiny_con
     assert float(denoised.sum(dtype=np.float64)) == pytest.approx(float(images[0].sum()), rel=1e-5)
 
 
+
+@pytest.mark.parametrize("decay", [0.9, None])
+def test_the_saved_model_is_the_weight_average_when_one_is_kept(tmp_path, tiny_config, decay):
+    result = quick_train(tmp_path / "run", tiny_config, average_decay=decay)
+    checkpoint = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["state_dict"]
+    saved = state_dict(result.model_path)
+    last = {name: checkpoint[f"network.{name}"] for name in saved}
+    if decay is None:
+        assert not any(key.startswith("average.") for key in checkpoint)
+        assert all(torch.equal(saved[name], last[name]) for name in saved)
+        return
+    average = {name: checkpoint[f"average.{name}"] for name in saved}
+    assert all(torch.equal(saved[name], average[name]) for name in saved)
+    weights = [name for name in saved if name.endswith("weight")]
+    assert any(not torch.allclose(saved[name], last[name]) for name in weights)  # an average, not the last step
+
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path, tiny_config):
     first = state_dict(quick_train(tmp_path / "a", tiny_config, steps=4, val_every=4).model_path)
     again = state_dict(quick_train(tmp_path / "b", tiny_config, steps=4, val_every=4).model_path)

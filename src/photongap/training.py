@@ -8,6 +8,7 @@ the self-describing ``model.pt``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -75,8 +76,25 @@ class GapLightningModule(L.LightningModule):
         self.network = GapUNet(model_config)
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+        # The moving average of the weights (a submodule, so checkpoints and devices follow it).
+        self.average: GapUNet | None = None
+        if train_config.average_decay is not None:
+            self.average = copy.deepcopy(self.network).requires_grad_(False)
         self.split_generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
+
+    @property
+    def inference_network(self) -> GapUNet:
+        """The network to predict with and to save: the weight average if kept, else the last weights."""
+        return self.average if self.average is not None else self.network
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_index: int) -> None:
+        if self.average is None:
+            return
+        step = self.trainer.global_step
+        decay = min(self.train_config.average_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.average.parameters()), list(self.network.parameters()), 1.0 - decay)
 
     def _layout(self, counts: torch.Tensor) -> torch.Tensor:
         return counts.contiguous(memory_format=torch.channels_last) if self.channels_last else counts
@@ -99,7 +117,7 @@ class GapLightningModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int) -> None:
         input_counts, target_counts = batch
-        loss = self._mean_loss(self.network(self._layout(input_counts)), target_counts)
+        loss = self._mean_loss(self.inference_network(self._layout(input_counts)), target_counts)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=input_counts.shape[0])
 
     @staticmethod
@@ -354,6 +372,6 @@ def train(
             "data": data_statistics(images),
             **(extra_info or {}),
         }
-        GapModel(module.network, model_config, info).save(model_path)
+        GapModel(module.inference_network, model_config, info).save(model_path)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")
     return TrainResult(model_path, trainer.global_step, elapsed, stopped_early=trainer.global_step < train_config.steps, main_process=trainer.is_global_zero)
