@@ -103,6 +103,43 @@ def test_step_softmax_is_per_image_and_shift_invariant():
     assert a[0].sum() < 40 and a[1].sum() > 800
 
 
+
+def test_dispersed_step_keeps_the_mean_and_widens_the_variance_as_promised():
+    draws, n, kappa = 4000, 50.0, 0.8
+    logits = torch.randn(1, 1, 8, 8, generator=seeded(30))
+    p = torch.softmax(logits.reshape(-1), 0).reshape(8, 8)
+    start = torch.full((draws, 1, 8, 8), 25.0 / 64)  # 25 photons so far: n / S = 2
+    added = sample_step(logits.expand(draws, -1, -1, -1), start, torch.full((draws,), n), seeded(31), dispersion=kappa) - start
+    factor = 1 + kappa * n / 25.0  # variance over mean of each pixel
+    assert ((added.mean(0)[0] - p * n).abs() < 5 * (p * n * factor / draws).sqrt()).all()
+    assert abs(float(added.var(0).sum() / added.mean(0).sum()) / factor - 1.0) < 0.06
+    assert (added >= 0).all()
+
+
+def test_dispersion_one_gives_a_big_step_the_spread_of_one_photon_at_a_time():
+    # A Polya urn: a posterior that knows each pixel from its own photons, so the next photon
+    # lands at pixel i with probability (x_i + a) / sum(x + a). Reference: Poisson(48) photons
+    # added one at a time, each from the urn as it stands; against one step of 48 photons.
+    batch, a = 3000, 1e-3
+    start = torch.zeros(batch, 1, 4, 4)
+    start[:, 0, :2, :] = 6.0  # 48 photons in the top half, none below
+    generator = seeded(32)
+    photons = torch.poisson(torch.full((batch,), 48.0), generator=generator)
+    urn = start.reshape(batch, -1).clone()
+    for index in range(int(photons.max())):
+        pixel = torch.multinomial(urn + a, 1, generator=generator)
+        urn.scatter_add_(1, pixel, (index < photons).float()[:, None])
+    exact = float((urn.reshape(start.shape) - start)[:, 0, :2].var(0).mean())
+    variances = {}
+    for kappa in (0.0, 1.0):
+        schedule = PhotonSchedule(beta=1.0, dispersion=kappa)
+        big = accumulate_photons(lambda counts: torch.log(counts + a), start, scale_to=None, schedule=schedule, stop=StopRule(max_steps=1), generator=seeded(33))
+        variances[kappa] = float((big.counts - start)[:, 0, :2].var(0).mean())
+    # Theory: 6 * (1 + 48 / 48) = 12 photons^2 per bright pixel, half of it lost without dispersion.
+    assert abs(exact / 12.0 - 1.0) < 0.1, exact
+    assert abs(variances[1.0] / exact - 1.0) < 0.1, (variances, exact)
+    assert abs(variances[0.0] / exact - 0.5) < 0.1, (variances, exact)
+
 # --- the schedule and the stop rule ----------------------------------------------------
 
 

@@ -42,6 +42,10 @@ OffsetOption = Annotated[Optional[float], typer.Option(help="Camera offset in AD
 CalibrationOption = Annotated[Optional[Path], typer.Option(help="calibration.json from 'photongap calibrate' (gain and offset).")]
 AxesOption = Annotated[Optional[str], typer.Option(help="Axes of ambiguous inputs, one letter of TCZYX per dimension, e.g. TYX.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+DispersionOption = Annotated[
+    float,
+    typer.Option(help="Give each step's photons the spread a pixel-wise posterior adds within the step (0: published Poisson draw, 1: full); keeps large steps from narrowing the samples."),
+]
 
 
 @app.callback()
@@ -189,11 +193,11 @@ def denoise(
     console.print(f"[green]denoised[/] {len(images)} image(s) into {out}" + (f" with {processes} processes" if processes > 1 else ""))
 
 
-def _schedule(beta: float, beta_max: float | None):
+def _schedule(beta: float, beta_max: float | None, dispersion: float):
     from photongap.sampling import PhotonSchedule
 
     try:
-        return PhotonSchedule(beta=beta, beta_max=beta_max)
+        return PhotonSchedule(beta=beta, beta_max=beta_max, dispersion=dispersion)
     except ValueError as error:
         raise PhotongapError(str(error)) from None
 
@@ -222,6 +226,7 @@ def sample(
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
     beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = 0.1,
     beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright (fewer steps; --beta 0.5 --beta-max 4 was ~10x faster on the demo data, see README).")] = None,
+    dispersion: DispersionOption = 0.0,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
@@ -243,7 +248,7 @@ def sample(
     if target_photons is not None:
         target_psnr = None
     camera = _camera(gain, offset, calibration)
-    schedule = _schedule(beta, beta_max)
+    schedule = _schedule(beta, beta_max, dispersion)
     network = load(model)
     images = read_images(find_images(inputs), axes, camera)
     recorder = MovieRecorder() if movie else None
@@ -286,6 +291,7 @@ def generate(
     target_psnr: Annotated[float, typer.Option(help="Stop at this pseudo-PSNR (dB).")] = 10.0,
     beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = 0.1,
     beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright.")] = None,
+    dispersion: DispersionOption = 0.0,
     seed: Annotated[int, typer.Option(help="Same seed, same images.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
@@ -308,7 +314,7 @@ def generate(
             if recorder is not None:
                 recorder(state)
 
-        result = network.generate(n, size, target_psnr=target_psnr, schedule=_schedule(beta, beta_max), seed=seed, batch_size=batch_size, device=device.value, on_step=step)
+        result = network.generate(n, size, target_psnr=target_psnr, schedule=_schedule(beta, beta_max, dispersion), seed=seed, batch_size=batch_size, device=device.value, on_step=step)
     path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
         recorder.save(movie)
