@@ -332,6 +332,7 @@ def sampled(trained, tmp_path_factory) -> tuple[Path, np.ndarray, dict[str, subp
     jobs = {
         "first": ("sample", trained.model, root / "cell.tif", "-o", root / "first", *common, "--movie", root / "x.gif"),
         "again": ("sample", trained.model, root / "cell.tif", "-o", root / "again", *common),
+        "dispersed": ("sample", trained.model, root / "cell.tif", "-o", root / "dispersed", *common, "--beta", 1, "--dispersion", 1),
         "generate": ("generate", trained.model, "-o", root / "generated", "-n", 2, "--size", 40, 40, "--target-psnr", -10),
     }
     return root, counts, run_all(jobs)
@@ -360,6 +361,16 @@ def test_sample_same_seed_same_samples(sampled):
     first = tifffile.imread(root / "first" / "cell_samples.tif")
     again = tifffile.imread(root / "again" / "cell_samples.tif")
     np.testing.assert_array_equal(first, again)
+
+
+def test_sample_with_large_dispersed_steps(sampled):
+    root, counts, results = sampled
+    assert_ok(results["dispersed"])
+    samples = tifffile.imread(root / "dispersed" / "cell_samples.tif")
+    assert samples.shape == (3, *SHAPE) and np.isfinite(samples).all()
+    for sample in samples.astype(np.float64):
+        assert relative_error(sample.sum(), counts.sum(dtype=np.float64)) < 1e-3
+    assert not np.allclose(samples, tifffile.imread(root / "first" / "cell_samples.tif"))
 
 
 def test_sample_movie_is_a_gif(sampled):
@@ -465,6 +476,8 @@ def _bad_cases(root: Path, model: Path, config: Path) -> dict[str, BadCase]:
                                   out / "exists", {"good.tif": b"keep me"})),
         ("sample_output_exists", BadCase(("sample", model, good, "-o", out / "sample_exists", "-n", 2, "--target-psnr", 5),
                                          ("good_mean.tif", "--overwrite"), out / "sample_exists", {"good_mean.tif": b"keep me too"})),
+        ("sample_negative_dispersion", BadCase(("sample", model, good, "-o", out / "sample_dispersion", "-n", 2, "--target-psnr", 5, "--dispersion", -1),
+                                               ("dispersion", "-1"), out / "sample_dispersion")),
     ])
 
 
@@ -472,6 +485,7 @@ BAD_CASE_NAMES = [
     "non_integer", "negative", "nan", "inf", "empty", "truncated", "text_file", "missing_input",
     "model_random_bytes", "model_foreign_dict", "model_future_format", "device_cuda",
     "train_image_smaller_than_patch", "unknown_preset", "config_unknown_key", "output_exists", "sample_output_exists",
+    "sample_negative_dispersion",
 ]
 
 

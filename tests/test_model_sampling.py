@@ -133,3 +133,13 @@ def test_the_network_runs_channels_last_with_the_same_logits(tiny_model, poisson
     logits = tiny_model.logits_fn("cpu", "fp32")(counts)
     assert tiny_model.network.down[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_precision_is_bf16_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+    from photongap.model import use_bf16
+
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
+    for amx, avx512_bf16 in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx512_bf16: avx)
+        assert use_bf16("auto", "cpu") == (amx or avx512_bf16)
