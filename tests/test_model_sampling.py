@@ -20,7 +20,7 @@ def level_db(counts: np.ndarray) -> float:
 
 def test_sample_returns_n_samples_in_the_photon_units_of_the_input(tiny_model, poisson_image):
     counts = poisson_image((30, 26), 2.0)  # sides not multiples of 4: padded for the network
-    posterior = tiny_model.sample(counts, n=3, target_psnr=level_db(counts) + 3, device="cpu", precision="fp32")
+    posterior = tiny_model.sample(counts, n=3, target_psnr=level_db(counts) + 3, schedule=PhotonSchedule(), device="cpu", precision="fp32")
     assert posterior.samples.shape == (3, 30, 26) and posterior.samples.dtype == np.float32
     assert posterior.mean.shape == posterior.std.shape == (30, 26)
     total = float(counts.sum())
@@ -115,6 +115,16 @@ def test_sampling_beyond_the_trained_level_warns(tiny_model, poisson_image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")
+
+
+def test_sampling_defaults_to_the_fast_dispersed_schedule(tiny_model, poisson_image):
+    from photongap.sampling import FAST_SCHEDULE, expected_network_calls
+
+    counts = poisson_image((32, 32), 1.0)
+    posterior = tiny_model.sample(counts, n=2, target_psnr=20.0, device="cpu", precision="fp32")
+    fast = expected_network_calls(float(counts.sum()), 100.0 * counts.size, FAST_SCHEDULE, num_pixels=counts.size)
+    published = expected_network_calls(float(counts.sum()), 100.0 * counts.size)
+    assert FAST_SCHEDULE.dispersion == 1.0 and abs(posterior.network_calls - fast) <= 1 and fast < published / 5
 
 
 def test_one_image_per_network_call_on_a_cpu_unless_asked():
