@@ -224,6 +224,7 @@ def sample(
     n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
     target_psnr: Annotated[Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons.")] = 20.0,
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
+    # The defaults are photongap.sampling.FAST_SCHEDULE (not imported here: it pulls in torch).
     beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = 0.5,
     beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright (the published loop: --beta 0.1 --beta-max 0.1 --dispersion 0).")] = 4.0,
     dispersion: DispersionOption = 1.0,
