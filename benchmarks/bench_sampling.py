@@ -1,6 +1,6 @@
 """Posterior sampling: speed and quality of the published loop against photongap's, in one run.
 
-Two models, trained the same way on the same bright data (see ``train_bright_model``): the
+Two models, trained on the same bright data for about the same time (``train_bright_model``): the
 published configuration (``--preset paper``: the published network) and photongap's
 ``--preset generative`` (the default network). Settings, all stopping at the same rule
 (20 dB pseudo-PSNR) from the same noisy 256 x 256 test images:
