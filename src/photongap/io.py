@@ -12,6 +12,7 @@ or channel stack needs ``axes=`` (``--axes`` on the command line).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -490,6 +491,43 @@ def _replace(partial: Path, path: Path) -> None:
         _remove(old)
     else:
         os.replace(partial, path)
+
+
+def partial_name(path: str | Path) -> Path:
+    """The hidden temporary sibling that :func:`atomic_output` writes ``path`` under.
+
+    It keeps the suffix (``.png``, ``.ome.tif``, ``.zarr``) so that writers that choose a format
+    by the file name choose the right one, and starts with a dot so that :func:`find_images`
+    never takes an unfinished output for an input.
+    """
+    path = Path(path)
+    kind = _suffix(path) or path.suffix
+    stem = path.name[: len(path.name) - len(kind)] if kind and path.name.lower().endswith(kind.lower()) else path.name
+    return path.with_name(f".{stem}.partial-{os.getpid()}{kind}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Write ``path`` (a file or a folder such as Zarr) whole or not at all.
+
+    Yields a temporary sibling (:func:`partial_name`) to write to. When the ``with`` block
+    ends normally it replaces ``path``; when it raises, the temporary is removed and any
+    earlier ``path`` is left as it was. This is the only place that renames outputs into
+    place: model files, images, figures, movies, calibrations and checkpoints all go through it.
+
+    Examples
+    --------
+    >>> with atomic_output("model.pt") as partial:  # doctest: +SKIP
+    ...     torch.save(payload, partial)
+    """
+    path = Path(path)
+    partial = partial_name(path)
+    _remove(partial)
+    try:
+        yield partial
+        _replace(partial, path)
+    finally:
+        _remove(partial)
 
 
 def write_image(path: str | Path, array: np.ndarray, axes: str, *, like: Image | None = None,

@@ -7,7 +7,6 @@ with ``torch.load(weights_only=True)``: no code is unpickled.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch import nn
 
 from photongap.config import ModelConfig, Precision, from_dict, to_dict
 from photongap.errors import PhotongapError
+from photongap.io import atomic_output
 from photongap.network import GapUNet
 from photongap.sampling import FAST_SCHEDULE, PhotonSchedule, SamplingResult, StepState, StopRule, accumulate_photons, generate
 from photongap.tiling import LogitsFn, mmse_image, padded, plan_tiles, predict_logits, row_blocks, tiled
@@ -132,12 +132,8 @@ class GapModel:
             "state_dict": state,
             "info": self.info,
         }
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
+        with atomic_output(path) as partial:
             torch.save(payload, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from photongap.errors import PhotongapError
+from photongap.io import atomic_output
 from photongap.sampling import StepState
 
 _GAP_PIXELS = 4
@@ -171,14 +171,11 @@ class MovieRecorder:
             raise PhotongapError("movie: writing .mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg), or save as .gif")
         if not fps > 0:
             raise PhotongapError(f"movie: fps must be positive, got {fps}")
-        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
         try:
-            _write(temporary, np.stack(self._frames), suffix, fps)
-            os.replace(temporary, path)
+            with atomic_output(path) as partial:
+                _write(partial, np.stack(self._frames), suffix, fps)
         except OSError as error:
             raise PhotongapError(f"movie: cannot write {path}: {error.strerror or error}") from None
-        finally:
-            temporary.unlink(missing_ok=True)
         return path
 
 

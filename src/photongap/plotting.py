@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,16 +9,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from photongap.io import atomic_output
+
 
 def _save(figure: Figure, path: Path) -> None:
-    """Render to a temporary name, then rename: a figure is never half-written."""
+    """Render whole or not at all (:func:`photongap.io.atomic_output`)."""
     FigureCanvasAgg(figure)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}.png")
-    try:
+    with atomic_output(path) as partial:
         figure.savefig(partial, dpi=110, bbox_inches="tight")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def plot_losses(rows: Sequence[dict[str, str]], path: str | Path) -> None:
