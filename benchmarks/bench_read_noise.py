@@ -36,7 +36,7 @@ from common import OUTPUT, report
 from photongap.calibration import simulate_camera
 from photongap.config import ModelConfig, TrainConfig
 from photongap.model import GapModel
-from photongap.pipeline import Camera, CountsView
+from photongap.camera import Camera, CountsView
 from photongap.sample_data import clean_at_level, load_sample_data, psnr
 from photongap.training import train
 

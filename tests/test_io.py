@@ -12,17 +12,16 @@ import tifffile
 import zarr
 
 from photongap import io
+from photongap.camera import check_counts
 from photongap.errors import PhotongapError
 from photongap.io import (
     Image,
     ImageWriter,
-    check_counts,
     find_images,
     iter_planes,
     output_path,
     plane_axes_order,
     read_image,
-    to_counts,
     write_image,
 )
 
@@ -236,81 +235,6 @@ def test_axes_errors(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), "uint16"), photometric="rgb")
     with pytest.raises(PhotongapError, match="rgb.tif: colour samples"):
         read_image(tmp_path / "rgb.tif")
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [(np.nan, "contains NaN values"), (np.inf, "contains infinite values"),
-     (-2.0, r"contains negative values \(min -2\).*--gain/--offset"),
-     (1.5, r"contains non-integer values \(e.g. 1.5\).*--gain/--offset: counts = \(adu - offset\) / gain")],
-)
-def test_check_counts_rejects_non_counts(value: float, message: str) -> None:
-    data = np.ones((30, 40), "float32")
-    data[29, 39] = value
-    with pytest.raises(PhotongapError, match=f"^cells.tif: {message}"):
-        check_counts(data, "cells.tif")
-
-
-def test_check_counts_accepts_counts_and_rejects_empty_or_odd_types() -> None:
-    check_counts(np.arange(12, dtype="float64").reshape(3, 4), "ok")
-    check_counts(np.arange(12, dtype="int16").reshape(3, 4), "ok")
-    with pytest.raises(PhotongapError, match=r"e.npy: contains negative values"):
-        check_counts(np.array([[0, -1]], "int8"), "e.npy")
-    with pytest.raises(PhotongapError, match=r"e.npy: the image is empty \(shape \(0, 5\)\)"):
-        check_counts(np.zeros((0, 5)), "e.npy")
-    with pytest.raises(PhotongapError, match="e.npy: data type complex64 cannot hold photon counts"):
-        check_counts(np.zeros((2, 2), "complex64"), "e.npy")
-
-
-class RecordingArray:
-    """An array-like that records how many elements each read asks for."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
-
-    def __getitem__(self, key: tuple) -> np.ndarray:
-        block = self.data[key]
-        self.reads.append(block.size)
-        return block
-
-
-def test_check_counts_reads_in_blocks_and_covers_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(io, "_BLOCK_ELEMENTS", 1000)
-    data = np.ones((3, 70, 90), "float32")
-    data[2, 69, 89] = 0.5  # the very last element: found only if every block is read
-    recording = RecordingArray(data)
-    with pytest.raises(PhotongapError, match="non-integer"):
-        check_counts(recording, "x")
-    assert max(recording.reads) <= 1000 and sum(recording.reads) == data.size
-    wide = RecordingArray(np.ones((2, 2500), "float32"))  # rows wider than a block are cut too
-    check_counts(wide, "x")
-    assert wide.reads == [1000, 1000, 500] * 2
-
-
-def test_check_counts_is_fast_on_a_4096_square_float_image() -> None:
-    data = (np.arange(4096 * 4096, dtype="float32") % 7).reshape(4096, 4096)
-    start = time.perf_counter()
-    check_counts(data, "big")
-    assert time.perf_counter() - start < 2.0  # about 0.05 s; generous for a shared machine
-
-
-def test_to_counts_matches_physics_camera_conversion() -> None:
-    torch = pytest.importorskip("torch")
-    from photongap.physics import adu_to_counts
-
-    adu = np.random.default_rng(2).normal(300.0, 40.0, (32, 32)).astype("float32")
-    result = to_counts(adu, gain=2.5, offset=100.0, name="cam.tif")
-    assert result.dtype == np.float32 and result.min() >= 0 and np.array_equal(result, np.rint(result))
-    np.testing.assert_array_equal(result, adu_to_counts(torch.from_numpy(adu), 2.5, 100.0).numpy())
-    assert to_counts(np.array([[3, 4]], "uint16")).dtype == np.float32
-    with pytest.raises(PhotongapError, match="cam.tif: contains non-integer values"):
-        to_counts(adu, name="cam.tif")
-    with pytest.raises(PhotongapError, match="cam.tif: contains NaN"):
-        to_counts(np.array([[np.nan, 1.0]]), gain=1.0, offset=0.0, name="cam.tif")
-    with pytest.raises(PhotongapError, match="--gain must be positive"):
-        to_counts(adu, gain=0.0)
-    with pytest.raises(PhotongapError, match="^image: contains negative"):
-        to_counts(np.array([[-1, 2]], "int16"))
 
 
 # --- planes ------------------------------------------------------------------------------

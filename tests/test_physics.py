@@ -11,8 +11,6 @@ import torch
 
 from photongap.physics import (
     MAX_SPLIT_FRACTION,
-    adu_to_counts,
-    counts_to_adu,
     draw_split_fraction,
     mmse_from_logits,
     photon_loss,
@@ -242,16 +240,6 @@ def test_mmse_is_the_softmax_in_the_units_of_the_total():
     torch.testing.assert_close(image.sum(dim=(1, 2, 3)), totals, rtol=1e-5, atol=1e-4)
     expected = torch.softmax(logits.double().flatten(1), 1).reshape(logits.shape) * totals.double().reshape(3, 1, 1, 1)
     torch.testing.assert_close(image.double(), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_adu_and_counts_round_trip_on_integer_counts():
-    counts = poisson_counts((2, 1, 20, 20), 30.0, seed=9)
-    for gain, offset in ((1.0, 0.0), (2.37, 100.0), (0.45, 1000.5)):
-        adu = counts_to_adu(counts, gain, offset)
-        assert torch.equal(adu_to_counts(adu, gain, offset), counts)
-    # Read noise below the offset clips to zero photons and rounds to the nearest count.
-    noisy = torch.tensor([[[[95.0, 100.4, 102.6, 104.0]]]])
-    assert adu_to_counts(noisy, 2.0, 100.0).flatten().tolist() == [0.0, 0.0, 1.0, 2.0]
 
 
 def test_pseudo_psnr_levels():

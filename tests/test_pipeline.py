@@ -7,7 +7,8 @@ import pytest
 
 from photongap.io import Image, read_image, write_image
 from photongap.errors import PhotongapError
-from photongap.pipeline import Camera, DenoiseJob, denoise_file, denoise_files
+from photongap.camera import Camera
+from photongap.pipeline import DenoiseJob, denoise_file, denoise_files
 
 
 def test_ome_zarr_stack_is_denoised_into_ome_zarr_keeping_scale_and_photons(tiny_model, poisson_image, tmp_path):

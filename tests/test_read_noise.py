@@ -20,8 +20,8 @@ from photongap.errors import PhotongapError
 from photongap.io import read_image, write_image
 from photongap.model import GapModel
 from photongap.network import GapUNet
-from photongap.physics import adu_to_counts, adu_to_counts_with_read_noise
-from photongap.pipeline import Camera, CountsView, denoise_file, sample_file
+from photongap.camera import Camera, CountsView
+from photongap.pipeline import denoise_file, sample_file
 
 OFFSET = 100.0
 ROUNDING_VARIANCE = 0.25
@@ -30,52 +30,6 @@ ROUNDING_VARIANCE = 0.25
 
 def camera_frame(photons: np.ndarray, gain: float, read_noise: float, seed: int = 0) -> np.ndarray:
     return simulate_camera(photons, gain=gain, offset=OFFSET, read_noise=read_noise, n_frames=None, generator=np.random.default_rng(seed))
-
-
-@pytest.mark.parametrize(("level", "gain", "read_noise"), [(10.0, 2.0, 4.0), (3.0, 1.0, 2.0)])
-def test_shifted_conversion_has_poisson_mean_and_variance(level, gain, read_noise):
-    shift = (read_noise / gain) ** 2  # 4 photons² in both cases
-    adu = torch.from_numpy(camera_frame(np.full((500, 500), level), gain, read_noise).astype(np.float32))
-    n = adu.numel()
-
-    shifted = adu_to_counts_with_read_noise(adu, gain, OFFSET, read_noise).double()
-    mean, variance = float(shifted.mean()), float(shifted.var())
-    # Standard errors of a sample mean and (near-Gaussian) sample variance of n pixels.
-    mean_error, variance_error = math.sqrt(variance / n), variance * math.sqrt(2.0 / n)
-    assert shifted.min() >= 0 and torch.equal(shifted, shifted.round())
-    assert abs(mean - (level + shift)) < 5 * mean_error
-    assert -5 * variance_error < variance - (level + shift) < 5 * variance_error + ROUNDING_VARIANCE
-    assert abs(variance - mean) < 5 * variance_error + ROUNDING_VARIANCE
-
-    # The plain conversion is over-dispersed by the read noise: variance ≈ mean + s² (less
-    # at low light, where clipping at 0 raises the mean and trims the spread).
-    plain = adu_to_counts(adu, gain, OFFSET).double()
-    assert float(plain.var()) - float(plain.mean()) > 0.5 * shift
-
-    # Without read noise the two conversions agree.
-    assert torch.equal(adu_to_counts_with_read_noise(adu, gain, OFFSET, 0.0), adu_to_counts(adu, gain, OFFSET))
-
-
-def test_camera_shift():
-    assert Camera().shift == 0.0
-    assert Camera(gain=2.0, offset=OFFSET).shift == 0.0
-    assert Camera(gain=2.0, offset=OFFSET, read_noise=0.0).shift == 0.0
-    assert Camera(gain=2.0, offset=OFFSET, read_noise=3.0).shift == pytest.approx(2.25)
-    with pytest.raises(PhotongapError, match="gain"):
-        Camera(read_noise=1.0)  # read noise in ADU means nothing without the gain
-    with pytest.raises(PhotongapError, match="non-negative"):
-        Camera(gain=2.0, read_noise=-1.0)
-
-
-def test_counts_view_mirrors_the_physics_block_by_block():
-    gain, read_noise = 2.0, 3.0
-    adu = camera_frame(np.full((40, 30), 4.0), gain, read_noise, seed=3)
-    view = CountsView(adu, Camera(gain=gain, offset=OFFSET, read_noise=read_noise), "frame")
-    expected = adu_to_counts_with_read_noise(torch.from_numpy(adu.astype(np.float32)), gain, OFFSET, read_noise).numpy()
-    np.testing.assert_array_equal(view[:, :], expected)
-    np.testing.assert_array_equal(view[5:17, 3:29], expected[5:17, 3:29])
-    plain = CountsView(adu, Camera(gain=gain, offset=OFFSET), "frame")[:, :]
-    np.testing.assert_array_equal(plain, adu_to_counts(torch.from_numpy(adu.astype(np.float32)), gain, OFFSET).numpy())
 
 
 @pytest.fixture()

@@ -64,8 +64,9 @@ def train(data: Sequence[Any], out: str | Path, *, axes: str | None = None, gain
     from photongap.training import train as run
 
     if all(isinstance(item, (str, Path)) for item in data):
+        from photongap.camera import Camera
         from photongap.io import find_images
-        from photongap.pipeline import Camera, training_planes
+        from photongap.pipeline import training_planes
 
         planes, names = training_planes(find_images(data), axes, Camera(gain, offset))
         return run(planes, out, names=names, **options)

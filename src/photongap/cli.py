@@ -68,16 +68,13 @@ def _progress() -> Progress:
 
 
 def _camera(gain: float | None, offset: float | None, calibration: Path | None):
-    from photongap.pipeline import Camera
+    from photongap.camera import Camera
 
-    if calibration is not None:
-        if gain is not None or offset is not None:
-            raise PhotongapError("give either --calibration or --gain/--offset, not both")
-        from photongap.calibration import Calibration
-
-        loaded = Calibration.load(calibration)
-        return Camera(gain=loaded.gain, offset=loaded.offset, read_noise=loaded.read_noise)
-    return Camera(gain=gain, offset=offset)
+    if calibration is None:
+        return Camera(gain=gain, offset=offset)
+    if gain is not None or offset is not None:
+        raise PhotongapError("give either --calibration or --gain/--offset, not both")
+    return Camera.from_calibration(calibration)
 
 
 @app.command()

@@ -2,8 +2,9 @@
 
 Reads TIFF / OME-TIFF / ImageJ TIFF, ``.npy``, greyscale PNG and Zarr / OME-Zarr into an
 :class:`Image` whose data stay as stored (memory-mapped or lazy where the format allows, so
-a 16384 x 16384 image is never loaded whole), checks that they are photon counts, and
-writes results piece by piece and atomically with :class:`ImageWriter`.
+a 16384 x 16384 image is never loaded whole), and writes results piece by piece and
+atomically with :class:`ImageWriter`. What the values mean (photon counts or camera units)
+is :mod:`photongap.camera`'s business.
 
 Axes are strings of one letter per dimension from ``TCZYXS``. Without metadata the
 guesses are ``YX`` (2D), ``ZYX`` (3D), ``CZYX`` (4D) and ``TCZYX`` (5D); a 3D time series
@@ -13,7 +14,6 @@ or channel stack needs ``axes=`` (``--axes`` on the command line).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -34,7 +34,6 @@ MEMMAP_MIN_BYTES = 1 << 22
 """Uncompressed TIFFs at least this large are memory-mapped; smaller ones are read (a
 folder of small files would otherwise hold one open map per image)."""
 
-_BLOCK_ELEMENTS = 1 << 22
 _GUESSED_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
 _OUTPUT_SUFFIX = {".tif": ".tif", ".tiff": ".tif", ".ome.tif": ".ome.tif", ".ome.tiff": ".ome.tif",
                   ".npy": ".npy", ".png": ".tif", ".zarr": ".zarr", ".ome.zarr": ".ome.zarr"}
@@ -42,7 +41,6 @@ _NGFF_UNITS = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm":
                "s": "second", "ms": "millisecond", "µs": "microsecond", "min": "minute", "h": "hour"}
 _UNIT_ALIASES = {"um": "µm", "micron": "µm", "microns": "µm", "\\u00b5m": "µm", "\u03bcm": "µm",
                  **{ngff: short for short, ngff in _NGFF_UNITS.items()}}
-_GAIN_HINT = "camera data in ADU? convert them with --gain/--offset: counts = (adu - offset) / gain"
 
 
 @dataclass(frozen=True)
@@ -259,69 +257,6 @@ def _read_zarr(path: Path) -> Image:
     metadata = {"channel_names": names} if names and all(names) else {}
     description = scales.get("metadata", {}).get("description")
     return Image(data, letters, path, sizes, units, {**metadata, **({"description": description} if description else {})})
-
-
-def _blocks(shape: tuple[int, ...]) -> Iterator[tuple]:
-    """Index tuples cutting an array into contiguous pieces of at most ``_BLOCK_ELEMENTS``."""
-    axis = next(k for k in range(len(shape)) if math.prod(shape[k + 1:]) <= _BLOCK_ELEMENTS)
-    step = max(1, _BLOCK_ELEMENTS // math.prod(shape[axis + 1:]))
-    for outer in np.ndindex(*shape[:axis]):
-        for start in range(0, shape[axis], step):
-            yield (*outer, slice(start, start + step))
-
-
-def _check_array(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
-    if not shape or math.prod(shape) == 0:
-        raise PhotongapError(f"{name}: the image is empty (shape {shape})")
-    if dtype.kind not in "biuf":
-        raise PhotongapError(f"{name}: data type {dtype} cannot hold photon counts (expected integers or floats)")
-
-
-def _check_finite(block: np.ndarray, name: str) -> None:
-    if block.dtype.kind == "f" and not np.isfinite(block).all():
-        what = "NaN" if np.isnan(block).any() else "infinite"
-        raise PhotongapError(f"{name}: contains {what} values; photon counts must be finite")
-
-
-def check_counts(data: Any, name: str) -> None:
-    """Raise a :class:`PhotongapError` unless ``data`` holds photon counts: whole numbers >= 0.
-
-    Reads ``data`` (any array-like: ndarray, memmap, zarr) block by block, never whole.
-    Unsigned integers pass without reading; floats must be finite and integer-valued.
-    """
-    shape, dtype = tuple(data.shape), np.dtype(data.dtype)
-    _check_array(shape, dtype, name)
-    if dtype.kind in "bu":
-        return
-    for key in _blocks(shape):
-        block = np.asarray(data[key])
-        _check_finite(block, name)
-        if block.min() < 0:
-            raise PhotongapError(f"{name}: contains negative values (min {block.min():g}); photon counts are >= 0; {_GAIN_HINT}")
-        if dtype.kind == "f":
-            fraction = block != np.rint(block)
-            if fraction.any():
-                example = block[fraction].flat[0]
-                raise PhotongapError(f"{name}: contains non-integer values (e.g. {example:g}); photon counts are whole numbers; {_GAIN_HINT}")
-
-
-def to_counts(plane: np.ndarray, *, gain: float | None = None, offset: float | None = None, name: str = "") -> np.ndarray:
-    """Float32 photon counts of one in-memory plane.
-
-    Without ``gain`` and ``offset`` the plane must already be counts (:func:`check_counts`).
-    With them, camera units are converted: ``round((adu - offset) / gain)`` clipped at 0, the
-    NumPy mirror of :func:`photongap.physics.adu_to_counts` (so reading needs no torch).
-    """
-    plane, name = np.asarray(plane), name or "image"
-    if gain is None and offset is None:
-        check_counts(plane, name)
-        return plane.astype(np.float32, copy=False)
-    gain, offset = 1.0 if gain is None else float(gain), 0.0 if offset is None else float(offset)
-    if not gain > 0:
-        raise PhotongapError(f"--gain must be positive (ADU per photon), got {gain:g}")
-    _check_array(plane.shape, plane.dtype, name)
-    _check_finite(plane, name)
-    return np.clip(np.rint((plane.astype(np.float32) - offset) / gain), 0.0, None).astype(np.float32, copy=False)
 
 
 def plane_axes_order(axes: str) -> tuple[int, ...]:

@@ -144,37 +144,3 @@ def mmse_from_logits(logits: torch.Tensor, total_photons: torch.Tensor) -> torch
     batch = logits.shape[0]
     probabilities = torch.softmax(logits.float().reshape(batch, -1), dim=1).reshape(logits.shape)
     return probabilities * total_photons.float().reshape(-1, *([1] * (logits.dim() - 1)))
-
-
-def adu_to_counts(adu: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
-    """Camera units to photon counts: ``(adu - offset) / gain``, rounded, clipped at 0.
-
-    ``gain`` is in ADU per photon. Read noise makes ``adu - offset`` go below zero and
-    off the integers; rounding and clipping return the nearest valid count image.
-    """
-    return torch.clamp(torch.round((adu.float() - offset) / gain), min=0.0)
-
-
-def counts_to_adu(counts: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
-    """Photon units back to camera units: ``counts * gain + offset``."""
-    return counts.float() * gain + offset
-
-
-def adu_to_counts_with_read_noise(adu: torch.Tensor, gain: float, offset: float, read_noise: float) -> torch.Tensor:
-    """Camera units with Gaussian read noise to near-Poisson counts: ``round((adu - offset) / gain + s**2)``, clipped at 0.
-
-    ``s = read_noise / gain`` is the read noise in photons (``read_noise`` in ADU). A
-    camera records ``(adu - offset) / gain = Poisson(lambda) + Normal(0, s**2)``, whose
-    variance ``lambda + s**2`` exceeds its mean ``lambda``: outside GAP's Poisson model.
-    Adding ``s**2`` makes mean and variance both ``lambda + s**2``, so the shifted values
-    are approximately ``Poisson(lambda + s**2)`` (the Anscombe-style remedy for sCMOS
-    data). The denoised result then estimates ``lambda + s**2``: subtract ``s**2`` from it.
-    With ``read_noise = 0`` this is :func:`adu_to_counts`.
-
-    Examples
-    --------
-    >>> adu_to_counts_with_read_noise(torch.tensor([100.0, 104.0]), gain=2.0, offset=100.0, read_noise=4.0)
-    tensor([4., 6.])
-    """
-    shift = (read_noise / gain) ** 2
-    return torch.clamp(torch.round((adu.float() - offset) / gain + shift), min=0.0)

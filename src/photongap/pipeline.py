@@ -18,62 +18,10 @@ import numpy as np
 import torch
 
 from photongap.errors import PhotongapError
-from photongap.io import Image, ImageWriter, check_counts, check_new_outputs, iter_planes, read_image, to_counts, write_image
+from photongap.camera import Camera, CountsView
+from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, read_image, write_image
 from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples, resolve_device
 from photongap.tiling import row_blocks
-
-
-@dataclass(frozen=True)
-class Camera:
-    """How stored values become photon counts: ``counts = (value - offset) / gain``.
-
-    The default (no gain, no offset) means the files already hold photon counts. With
-    ``read_noise`` (ADU, e.g. from a calibration) the counts are shifted by :attr:`shift`
-    photons before rounding, which makes Poisson-plus-Gaussian camera data near-Poisson
-    (:func:`photongap.physics.adu_to_counts_with_read_noise`); results have the shift
-    subtracted again.
-    """
-
-    gain: float | None = None
-    offset: float | None = None
-    read_noise: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.read_noise is not None and (self.gain is None or not self.read_noise >= 0):
-            raise PhotongapError(f"read noise must be non-negative ADU and comes with the camera gain, got read noise {self.read_noise} and gain {self.gain}")
-
-    @property
-    def converts(self) -> bool:
-        return self.gain is not None or self.offset is not None
-
-    @property
-    def shift(self) -> float:
-        """Photons added to every pixel before denoising: ``(read_noise / gain)**2``, 0 without read noise.
-
-        The read-noise variance in photon units: adding it gives the counts a variance equal
-        to their mean, as for Poisson data.
-        """
-        return (self.read_noise / self.gain) ** 2 if self.read_noise else 0.0
-
-    def to_adu(self, photons: np.ndarray) -> np.ndarray:
-        """Photon units back to camera units: ``photons * gain + offset``."""
-        return photons * (self.gain or 1.0) + (self.offset or 0.0)
-
-
-class CountsView:
-    """A ``(Y, X)`` plane read as float32 photon counts, block by block, checked as it is read."""
-
-    def __init__(self, plane: Any, camera: Camera, name: str) -> None:
-        self.plane, self.camera, self.name = plane, camera, name
-        self.shape, self.ndim, self.dtype = tuple(plane.shape), 2, np.dtype(np.float32)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        camera = self.camera
-        offset = camera.offset
-        if camera.shift:
-            # (adu - (offset - shift * gain)) / gain = (adu - offset) / gain + shift: shifted before rounding.
-            offset = (offset or 0.0) - camera.shift * camera.gain
-        return to_counts(np.asarray(self.plane[key]), gain=camera.gain, offset=offset, name=self.name)
 
 
 def _plane_name(image: Image, index: tuple[int, ...]) -> str:
@@ -83,9 +31,8 @@ def _plane_name(image: Image, index: tuple[int, ...]) -> str:
 def read_images(paths: Sequence[Path], axes: str | None, camera: Camera) -> list[Image]:
     """Open every input (lazily) and check its values are counts, unless a camera converts them."""
     images = [read_image(path, axes) for path in paths]
-    if not camera.converts:
-        for image in images:
-            check_counts(image.data, str(image.path))
+    for image in images:
+        camera.check(image.data, str(image.path))
     return images
 
 
@@ -129,15 +76,8 @@ def denoise_file(
     written piece by piece, so images larger than memory work with memory-mappable or
     Zarr inputs and outputs.
     """
-    if output_units not in ("photons", "adu"):
-        raise PhotongapError(f"--output-units must be photons or adu, got {output_units!r}")
-    if output_units == "adu" and not camera.converts:
-        raise PhotongapError("--output-units adu needs the camera's --gain/--offset or --calibration")
-    description = f"photongap MMSE denoising (GAP), values in {output_units}" + (
-        f" (gain {camera.gain:g} ADU/photon, offset {camera.offset or 0:g} ADU)" if camera.converts else ""
-    )
-    if camera.shift:
-        description += f"; read noise {camera.read_noise:g} ADU: {camera.shift:.4g} photons added before denoising, subtracted after"
+    camera.check_units(output_units)
+    description = f"photongap MMSE denoising (GAP), {camera.describe(output_units)}"
     with ImageWriter(out_path, image.plane_shape, image.plane_axes, like=image, description=description, overwrite=overwrite) as writer:
         for index, plane in iter_planes(image):
             counts = CountsView(plane, camera, _plane_name(image, index))
@@ -147,9 +87,7 @@ def denoise_file(
             )
             if camera.shift or output_units == "adu":
                 for rows in row_blocks(result.shape[0]):
-                    result[rows] -= camera.shift
-                    if output_units == "adu":
-                        result[rows] = camera.to_adu(result[rows])
+                    result[rows] = camera.output(result[rows], output_units)
             if target is None:
                 writer.array[index] = result
     return out_path
@@ -258,6 +196,7 @@ def sample_file(
     samples and their mean (the std is unchanged). Returns the paths written and the network
     calls per sample of the last plane.
     """
+    camera.check_units(output_units)
     stem = image.path.name.split(".")[0]
     targets = [out_dir / f"{stem}_{kind}.tif" for kind in ("samples", "mean", "std")]
     check_new_outputs(targets, overwrite)
@@ -272,14 +211,9 @@ def sample_file(
         posterior: PosteriorSamples = model.sample(CountsView(plane, camera, _plane_name(image, index))[:, :], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
-    samples -= camera.shift
-    mean -= camera.shift
-    if output_units == "adu":
-        if not camera.converts:
-            raise PhotongapError("--output-units adu needs the camera's --gain/--offset or --calibration")
-        samples, mean = camera.to_adu(samples), camera.to_adu(mean)
-        std = std * (camera.gain or 1.0)
-    description = f"photongap posterior sampling (GAP), {n} samples, values in {output_units}"
+    samples, mean = camera.output(samples, output_units), camera.output(mean, output_units)
+    std = camera.output(std, output_units, spread=True)
+    description = f"photongap posterior sampling (GAP), {n} samples, {camera.describe(output_units)}"
     axes = image.plane_axes
     paths = [
         write_image(targets[0], samples, sample_axis(axes) + axes, description=description + "; first axis: samples", overwrite=overwrite),

@@ -277,7 +277,7 @@ def _check_counts(counts: torch.Tensor) -> torch.Tensor:
         raise PhotongapError("counts contain NaN or infinite values")
     if (counts < 0).any():
         raise PhotongapError(
-            f"counts must be non-negative photon counts (minimum {float(counts.min()):g}); convert camera ADU with adu_to_counts"
+            f"counts must be non-negative photon counts (minimum {float(counts.min()):g}); convert camera ADU with photongap.camera.Camera(gain, offset).to_counts"
         )
     return counts
 
