@@ -10,26 +10,39 @@ import pytest
 import torch
 
 from photongap.errors import PhotongapError
-from photongap.model import batch_size_for
-from photongap.sampling import PhotonSchedule, StepState
+from photongap.runtime import batch_size_for
+from photongap.config import PhotonSchedule
+from photongap.sampling import StepState
 
 
 def level_db(counts: np.ndarray) -> float:
     return 10 * math.log10(float(counts.mean()))
 
 
-def test_sample_returns_n_samples_in_the_photon_units_of_the_input(tiny_model, poisson_image):
+def written_out_mmse(model, counts: torch.Tensor, total: float) -> np.ndarray:
+    """``softmax(net(counts)) * total`` over each whole image, the network on reflect-padded counts, in float64."""
+    multiple = model.config.size_multiple
+    height, width = counts.shape[-2:]
+    padded = torch.nn.functional.pad(counts.float(), (0, -width % multiple, 0, -height % multiple), mode="reflect")
+    with torch.no_grad():
+        logits = model.network.float()(padded).double()[..., :height, :width]
+    return (torch.softmax(logits.flatten(1), 1).reshape(logits.shape) * total).numpy()[:, 0]
+
+
+def test_each_sample_is_the_mmse_of_its_accumulated_photons_in_the_input_units(tiny_model, poisson_image):
     counts = poisson_image((30, 26), 2.0)  # sides not multiples of 4: padded for the network
-    posterior = tiny_model.sample(counts, n=3, target_psnr=level_db(counts) + 3, schedule=PhotonSchedule(), device="cpu", precision="fp32")
+    states: list[StepState] = []
+    posterior = tiny_model.sample(
+        counts, n=3, target_psnr=level_db(counts) + 3, schedule=PhotonSchedule(), device="cpu", precision="fp32", on_step=states.append
+    )
     assert posterior.samples.shape == (3, 30, 26) and posterior.samples.dtype == np.float32
-    assert posterior.mean.shape == posterior.std.shape == (30, 26)
-    total = float(counts.sum())
-    for sample in posterior.samples:
-        assert (sample >= 0).all()
-        assert float(sample.sum(dtype=np.float64)) == pytest.approx(total, rel=1e-3)
+    final_counts = states[-1].counts
+    assert (final_counts >= torch.from_numpy(counts)).all()  # photons are only added
+    expected = written_out_mmse(tiny_model, final_counts, float(counts.sum()))
+    np.testing.assert_allclose(posterior.samples, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(posterior.mean, posterior.samples.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(posterior.std, posterior.samples.std(axis=0, ddof=1), rtol=1e-5, atol=1e-7)
-    assert (posterior.std >= 0).all() and posterior.std.max() > 0  # the samples differ
+    assert posterior.std.max() > 0  # the samples differ
     # 3 dB is a doubling; at beta = 0.1 each step adds ~0.41 dB.
     assert 5 <= posterior.steps <= 10 and posterior.network_calls == posterior.steps + 1
 
@@ -56,17 +69,14 @@ def test_one_sample_has_zero_std_and_steps_are_reported(tiny_model, poisson_imag
     assert bool(states[-1].done.all())
 
 
-def test_tiled_sampling_of_an_image_larger_than_the_tile(tiny_model, poisson_image):
+def test_tiled_sampling_equals_untiled_sampling(tiny_model, poisson_image):
+    # Tiles keep the network's receptive field as context: their logits, and so the draws of
+    # the same seed, are those of one pass over the whole image.
     counts = poisson_image((100, 120), 1.0)
-    posterior = tiny_model.sample(counts, n=2, target_psnr=0.5, tile=96, device="cpu", precision="fp32")
-    assert posterior.samples.shape == (2, 100, 120)
-    np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2)), counts.sum(), rtol=1e-3)
-
-
-def test_sampling_with_a_small_tile_works(tiny_model, poisson_image):
-    counts = poisson_image((80, 90), 1.0)
-    posterior = tiny_model.sample(counts, n=1, target_psnr=0.5, tile=64, device="cpu", precision="fp32")
-    assert posterior.samples.shape == (1, 80, 90)
+    for tile in (96, 64):
+        tiled = tiny_model.sample(counts, n=2, target_psnr=0.5, tile=tile, device="cpu", precision="fp32")
+        whole = tiny_model.sample(counts, n=2, target_psnr=0.5, tile=None, device="cpu", precision="fp32")
+        np.testing.assert_allclose(tiled.samples, whole.samples, rtol=1e-5, atol=1e-7)
 
 
 def test_sample_rejects_bad_input(tiny_model, poisson_image):
@@ -97,28 +107,49 @@ def test_generate_returns_images_of_any_size(tiny_model):
 def test_a_1024_square_sample_runs_on_cpu(tiny_model):
     counts = np.random.default_rng(0).poisson(1.0, size=(1024, 1024)).astype(np.float32)
     # 0 dB in, 0.3 dB out: one step of beta = 0.1 (+0.41 dB), two network calls.
-    posterior = tiny_model.sample(counts, n=2, target_psnr=0.3, device="cpu")
-    assert posterior.samples.shape == (2, 1024, 1024)
+    states: list[StepState] = []
+    posterior = tiny_model.sample(counts, n=2, target_psnr=0.3, schedule=PhotonSchedule(), device="cpu", on_step=states.append)
+    assert posterior.samples.shape == (2, 1024, 1024) and posterior.std.shape == (1024, 1024)
     assert posterior.steps == 1 and posterior.network_calls == 2
-    np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2), dtype=np.float64), counts.sum(), rtol=1e-3)
-    assert np.isfinite(posterior.samples).all() and posterior.std.shape == (1024, 1024)
+    added = (states[-1].counts[:, 0] - torch.from_numpy(counts)).sum(dim=(1, 2))
+    # One step adds Poisson(0.1 * total) photons: within 5 standard deviations of it.
+    expected = 0.1 * float(counts.sum())
+    assert ((added - expected).abs() < 5 * math.sqrt(expected)).all()
 
 
-def test_sampling_beyond_the_trained_level_warns(tiny_model, poisson_image):
-    """Splitting never makes inputs brighter than the training data: sampling above it is extrapolation."""
-    tiny_model.info = {"training": {"split_mode": "relative", "split_max_psnr": 0.0}, "data": {"pseudo_psnr": 0.0}}
-    assert tiny_model.trained_level() == 0.0
-    counts = poisson_image((32, 32), 0.5, 0)
-    with pytest.warns(UserWarning, match="beyond the brightest inputs"):
+def test_sampling_warns_outside_the_trained_range_at_both_ends(tiny_model, poisson_image):
+    """Splitting never makes inputs brighter than the training data: sampling above it, or far below it, is extrapolation."""
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}  # the default preset on data at 0 dB
+    assert tiny_model.trained_range() == (-3.0, -0.2)
+    counts = poisson_image((32, 32), 0.5, 0)  # -3 dB
+    with pytest.warns(UserWarning, match=r"beyond the brightest inputs this model was trained on \(-0.2 dB\)"):
         tiny_model.sample(counts, 2, target_psnr=10.0, device="cpu")
-    tiny_model.info = {"training": {"split_mode": "absolute", "split_max_psnr": 20.0}, "data": {"pseudo_psnr": 20.0}}
+    dim = poisson_image((32, 32), 0.02, 0)  # -17 dB
+    with pytest.warns(UserWarning, match=r"below the dimmest inputs this model was trained on \(-3.0 dB\)"):
+        tiny_model.sample(dim, 2, target_psnr=-1.0, device="cpu")
+    with pytest.warns(UserWarning, match=r"generation starts at -3[0-9.]+ dB, below the dimmest"):
+        tiny_model.generate(1, (32, 32), target_psnr=-3.0, device="cpu")
+    tiny_model.info = {"trained_range": [-40.0, 20.0]}  # the generative preset
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")
+        tiny_model.sample(dim, 2, target_psnr=-12.0, device="cpu")
+        tiny_model.generate(1, (32, 32), target_psnr=-20.0, device="cpu")
+
+
+def test_the_trained_range_of_files_without_it_is_derived_from_the_training_record():
+    from photongap.model import trained_range_from_info
+
+    relative = {"training": {"split_mode": "relative", "split_min_psnr": -3.0, "split_max_psnr": -0.2}, "data": {"pseudo_psnr": 0.0}}
+    assert trained_range_from_info(relative) == (-3.0, -0.2)
+    absolute = {"training": {"split_mode": "absolute", "split_min_psnr": -40.0, "split_max_psnr": 20.0}, "data": {"pseudo_psnr": 5.0}}
+    assert trained_range_from_info(absolute) == (-40.0, 5.0)  # no input is brighter than the data
+    assert trained_range_from_info({}) is None
 
 
 def test_sampling_defaults_to_the_fast_dispersed_schedule(tiny_model, poisson_image):
-    from photongap.sampling import FAST_SCHEDULE, expected_network_calls
+    from photongap.config import FAST_SCHEDULE
+    from photongap.sampling import expected_network_calls
 
     counts = poisson_image((32, 32), 1.0)
     posterior = tiny_model.sample(counts, n=2, target_psnr=20.0, device="cpu", precision="fp32")
@@ -146,7 +177,7 @@ def test_the_network_runs_channels_last_with_the_same_logits(tiny_model, poisson
 
 
 def test_auto_precision_is_bf16_where_the_cpu_has_bf16_arithmetic(monkeypatch):
-    from photongap.model import use_bf16
+    from photongap.runtime import use_bf16
 
     assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
     for amx, avx512_bf16 in [(False, False), (True, False), (False, True)]:

@@ -13,7 +13,8 @@ import torch
 from photongap.config import ModelConfig, TrainConfig, to_dict
 from photongap.data import GapDataModule, PatchDataset, augment, hold_out
 from photongap.errors import PhotongapError
-from photongap.model import FORMAT, FORMAT_VERSION, GapModel
+from photongap.model import GapModel
+from photongap.modelfile import FORMAT, FORMAT_VERSION
 from photongap.network import GapUNet
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
 from photongap.training import TrainResult, read_metrics, train

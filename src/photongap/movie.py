@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from photongap.errors import PhotongapError
+from photongap.physics import mmse_from_logits
 from photongap.io import atomic_output
 from photongap.sampling import StepState
 
@@ -111,7 +112,7 @@ class MovieRecorder:
         row = int(rows[0, 0])
         counts = state.counts[self.sample, 0].detach().float().cpu().numpy()
         logits = state.logits[row, 0].detach().float().cpu()
-        prediction = torch.softmax(logits.reshape(-1), dim=0).reshape(logits.shape).numpy()
+        prediction = mmse_from_logits(logits[None], torch.ones(1))[0].numpy()
         level = float(state.photons_per_pixel[self.sample])
         self._frames.append(self._render(counts, prediction, f"step {state.step}   {level:.3g} photons/px"))
         self._steps.append(state.step)

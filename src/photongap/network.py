@@ -104,3 +104,35 @@ class GapUNet(nn.Module):
             x = self.up[level](self.upsample[level](x) + skips[level])
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.head(x.float())
+
+
+def receptive_radius(network: GapUNet) -> int:
+    """How many input pixels on each side of a pixel can change its logit, read off the modules.
+
+    Walks the network's path from the input down to the deepest level and back up: each
+    convolution widens the field by ``kernel // 2 * dilation`` of its level's pixels, each
+    pooling or transposed convolution by ``kernel - 1`` pixels of the finer level (its window
+    is not centred on the pixel). The residual blocks' 1x1 projections and the skip
+    connections see less than the main path, so they add nothing. A tile needs this much
+    context on each side for its core to match an untiled pass exactly.
+
+    Examples
+    --------
+    >>> receptive_radius(GapUNet(ModelConfig(depth=1, start_filters=4)))  # three 3x3 convolutions
+    3
+    """
+
+    def widening(block: nn.Module) -> int:
+        return sum(conv.kernel_size[0] // 2 * conv.dilation[0] for conv in block.modules() if isinstance(conv, nn.Conv2d))
+
+    radius, jump = 0, 1
+    for level, block in enumerate(network.down):
+        if level > 0:
+            radius += (network.pool.kernel_size - 1) * jump
+            jump *= network.pool.stride
+        radius += widening(block) * jump
+    for level in reversed(range(len(network.up))):
+        upsample = network.upsample[level]
+        jump //= upsample.stride[0]
+        radius += (upsample.kernel_size[0] - 1) * jump + widening(network.up[level]) * jump
+    return radius

@@ -131,16 +131,39 @@ def photon_loss(logits: torch.Tensor, target_counts: torch.Tensor) -> torch.Tens
     return -(target * log_p).sum(dim=1) / total.clamp_min(1.0)
 
 
-def mmse_from_logits(logits: torch.Tensor, total_photons: torch.Tensor) -> torch.Tensor:
+def log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of each image's logits over all its pixels (and channels), in float64: ``(B,)``.
+
+    Together with :func:`mmse_from_logits` it lets an image too large to hold whole be
+    normalised exactly: take the normaliser of each block, combine them with
+    ``torch.logaddexp`` (or another ``logsumexp``), then normalise each block with it.
+    """
+    return torch.logsumexp(logits.double().reshape(logits.shape[0], -1), dim=1)
+
+
+def mmse_from_logits(logits: torch.Tensor, total_photons: torch.Tensor, normaliser: torch.Tensor | None = None) -> torch.Tensor:
     """The expected clean image: ``softmax(logits) * total_photons`` per image.
+
+    The softmax is over every pixel (and channel) of each image: this is GAP's one
+    normalisation, used for denoising, for each sampling step and for movies alike. With
+    ``total_photons = 1`` it is the distribution of where the next photon lands.
 
     Parameters
     ----------
     logits : torch.Tensor
-        ``(B, C, Y, X)``.
+        ``(B, ...)`` any float dtype; computed in float64, returned in float32.
     total_photons : torch.Tensor
         ``(B,)`` photons of each image (``sum(counts)``: the input's photon units).
+    normaliser : torch.Tensor, optional
+        ``(B,)`` :func:`log_normaliser` of the *whole* image when ``logits`` is one block of
+        it; by default the normaliser of ``logits`` itself.
+
+    Examples
+    --------
+    >>> mmse_from_logits(torch.zeros(1, 1, 2, 2), torch.tensor([8.0])).flatten().tolist()
+    [2.0, 2.0, 2.0, 2.0]
     """
     batch = logits.shape[0]
-    probabilities = torch.softmax(logits.float().reshape(batch, -1), dim=1).reshape(logits.shape)
-    return probabilities * total_photons.float().reshape(-1, *([1] * (logits.dim() - 1)))
+    normaliser = log_normaliser(logits) if normaliser is None else normaliser.to(logits.device, torch.float64)
+    flat = torch.exp(logits.double().reshape(batch, -1) - normaliser.reshape(batch, 1))
+    return (flat * total_photons.to(logits.device, torch.float64).reshape(batch, 1)).float().reshape(logits.shape)

@@ -20,7 +20,10 @@ import torch
 from photongap.errors import PhotongapError
 from photongap.camera import Camera, CountsView
 from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, read_image, write_image
-from photongap.model import DEFAULT_OVERLAP, DEFAULT_TILE, GapModel, PosteriorSamples, resolve_device
+from photongap.config import DEFAULT_OVERLAP, DEFAULT_TILE
+from photongap.model import GapModel
+from photongap.runtime import resolve_device
+from photongap.sampling import PosteriorSamples
 from photongap.tiling import row_blocks
 
 

@@ -16,108 +16,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from photongap.config import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, photons_per_pixel, pseudo_psnr
-from photongap.tiling import LogitsFn
-
-
-@dataclass(frozen=True)
-class PhotonSchedule:
-    """How many photons each step adds, ``n = max(beta(level) * total, 1)``, and how they are drawn.
-
-    The published schedule is the default: ``beta(level) = beta = 0.1``, so the photon
-    count grows geometrically and a run from ``S0`` to ``S`` photons takes about
-    ``log(S / S0) / log(1 + beta)`` network calls (49 from 1 to 100 photons/px).
-
-    With ``beta_max`` set, the relative step grows with the level (photons per pixel)
-    above ``ramp_level``: ``beta(level) = clip(beta * level / ramp_level, beta, beta_max)``.
-    ``PhotonSchedule(beta=0.1, beta_max=1.0, ramp_level=1.0)`` takes 15 instead of 49 steps
-    from 1 to 100 photons/px, and 63 instead of 97 from 0.01 photons/px (see
-    :func:`expected_network_calls`).
-
-    Why large steps narrow the samples, and what ``dispersion`` does about it. Adding ``n``
-    photons one at a time, each from the prediction given all photons before it, draws them
-    from the posterior predictive: given the clean image ``q`` (normalised) they land as
-    ``Poisson(n q)``, with ``q`` itself uncertain. Pixel ``i`` then gains photons with variance
-    ``n E[q_i] + n**2 Var(q_i)``. A step that draws all ``n`` from the current prediction
-    ``E[q]`` keeps only the first term: the posterior's spread within the step is lost, the
-    more so the larger ``n``. ``dispersion`` (``kappa``) puts it back, drawing the step as
-    ``Poisson(G)`` with ``G ~ Gamma`` of mean ``n E[q_i]`` and variance
-    ``kappa * n E[q_i] * n / S`` (``S``: photons so far), i.e. the step's variance is
-    ``n E[q_i] (1 + kappa * n / S)``. ``kappa = 1`` is exact for a posterior that knows each
-    pixel from its own photons alone (``Var(q_i) = E[q_i] / S``: a Polya urn); a network that
-    also learns from neighbours has a narrower posterior, so ``0 <= kappa <= 1``, and 0 is the
-    published plug-in draw. At ``beta = 0.1`` the loss is about 10% of each step's variance; at
-    ``beta = 4``, 80%.
-
-    Attributes
-    ----------
-    beta : float
-        Photons added per step, as a fraction of the photons so far (published: 0.1).
-    beta_max : float or None
-        Largest fraction per step once the level has ramped up; None keeps ``beta``.
-    ramp_level : float
-        Photons per pixel above which ``beta`` grows (only with ``beta_max``).
-    dispersion : float
-        ``kappa`` above: 0 (published) draws each step's photons from the plug-in Poisson,
-        1 restores the spread a pixel-wise posterior would lose within the step.
-
-    Examples
-    --------
-    >>> PhotonSchedule().photons_to_add(torch.tensor([0.0, 5.0, 1000.0]), num_pixels=100).tolist()
-    [1.0, 1.0, 100.0]
-    """
-
-    beta: float = 0.1
-    beta_max: float | None = None
-    ramp_level: float = 1.0
-    dispersion: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise PhotongapError(f"schedule beta must be positive, got {self.beta}")
-        if self.beta_max is not None and not self.beta_max >= self.beta:
-            raise PhotongapError(f"schedule beta_max ({self.beta_max}) must be at least beta ({self.beta})")
-        if not self.ramp_level > 0:
-            raise PhotongapError(f"schedule ramp_level must be positive photons per pixel, got {self.ramp_level}")
-        if not (math.isfinite(self.dispersion) and self.dispersion >= 0):
-            raise PhotongapError(f"schedule dispersion must be a non-negative number, got {self.dispersion}")
-
-    def beta_at(self, level: torch.Tensor) -> torch.Tensor:
-        """The fraction ``beta(level)`` at ``level`` photons per pixel (float64)."""
-        level = torch.as_tensor(level, dtype=torch.float64)
-        if self.beta_max is None:
-            return torch.full_like(level, self.beta)
-        return (self.beta * level / self.ramp_level).clamp(self.beta, self.beta_max)
-
-    def photons_to_add(self, total: torch.Tensor, num_pixels: int) -> torch.Tensor:
-        """Expected photons to add to images holding ``total`` photons: ``max(beta * total, 1)``.
-
-        Parameters
-        ----------
-        total : torch.Tensor
-            ``(B,)`` photons so far per image.
-        num_pixels : int
-            Pixels per image (sets the level in photons per pixel).
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B,)`` float64; at least one photon, so that an empty canvas starts filling.
-        """
-        total = torch.as_tensor(total, dtype=torch.float64)
-        return (self.beta_at(total / num_pixels) * total).clamp_min(1.0)
-
-
-#: photongap's default for diversity denoising: beta 0.5 growing to 4 once bright, with the
-#: within-step spread restored. From 1 to 100 photons/px on the demo data it took 6 network
-#: calls per sample instead of 50, and its samples were closer to the truth (+1.4 dB single,
-#: +1.9 dB mean of 16) and better calibrated (60% of true pixels inside the central 80%
-#: interval, against 49%) than the published schedule's on the same network
-#: (benchmarks/bench_sampling.py, settings ``fast_d1`` and ``loop``).
-FAST_SCHEDULE = PhotonSchedule(beta=0.5, beta_max=4.0, dispersion=1.0)
+from photongap.runtime import LogitsFn
 
 
 @dataclass(frozen=True)
@@ -138,7 +43,7 @@ class StopRule:
         Cap on the loop's steps (network calls before the final estimate).
     """
 
-    target_psnr: float | None = 20.0
+    target_psnr: float | None = DEFAULT_TARGET_PSNR
     target_photons: float | None = None
     max_steps: int = 10_000
 
@@ -222,6 +127,37 @@ class SamplingResult:
     def network_calls(self) -> int:
         """Batched calls of the logits function: the steps plus the final estimate."""
         return self.steps + 1
+
+
+@dataclass(frozen=True)
+class PosteriorSamples:
+    """Samples of clean images as numpy arrays, and their per-pixel summary.
+
+    Attributes
+    ----------
+    samples : np.ndarray
+        ``(n, Y, X)`` float32 in the photon units of the input (for generation: photons
+        of the final level).
+    mean, std : np.ndarray
+        ``(Y, X)`` per-pixel mean and standard deviation over the samples (the std is the
+        uncertainty map).
+    steps : int
+        Photon-adding steps of the longest sample.
+    network_calls : int
+        Network calls per sample, including the final estimate.
+    """
+
+    samples: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    steps: int
+    network_calls: int
+
+    @classmethod
+    def from_result(cls, result: SamplingResult) -> PosteriorSamples:
+        samples = result.samples[:, 0].float().cpu().numpy()
+        std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(samples[0])
+        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls)
 
 
 def sample_step(
@@ -330,7 +266,7 @@ def accumulate_photons(
     counts: torch.Tensor,
     *,
     scale_to: torch.Tensor | float | None,
-    schedule: PhotonSchedule = PhotonSchedule(),
+    schedule: PhotonSchedule = PUBLISHED_SCHEDULE,
     stop: StopRule = StopRule(),
     generator: torch.Generator | None = None,
     on_step: Callable[[StepState], None] | None = None,
@@ -414,7 +350,7 @@ def generate(
     shape: tuple[int, int],
     n: int,
     *,
-    schedule: PhotonSchedule = PhotonSchedule(),
+    schedule: PhotonSchedule = PUBLISHED_SCHEDULE,
     stop: StopRule = StopRule(),
     generator: torch.Generator | None = None,
     on_step: Callable[[StepState], None] | None = None,
@@ -459,7 +395,7 @@ def generate(
 def expected_network_calls(
     start_photons: float,
     final_photons: float,
-    schedule: PhotonSchedule = PhotonSchedule(),
+    schedule: PhotonSchedule = PUBLISHED_SCHEDULE,
     *,
     num_pixels: int | None = None,
 ) -> int:

@@ -9,7 +9,6 @@ arrays or Zarr arrays: they are read and written tile by tile and block by block
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from photongap.config import DEFAULT_OVERLAP
 from photongap.errors import PhotongapError
-
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-"""Maps counts ``(B, 1, Y, X)`` float32 (sides multiples of the network's size multiple) to logits of the same shape."""
+from photongap.physics import log_normaliser, mmse_from_logits
+from photongap.runtime import LogitsFn
 
 ROWS_PER_BLOCK = 1024
 
@@ -68,7 +67,16 @@ def _axis_windows(size: int, tile: int, margin: int, multiple: int) -> Iterator[
         yield _reflect(np.arange(first, first + window), size), slice(start, stop), slice(start - first, stop - first)
 
 
-def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple: int) -> list[Tile]:
+def tile_margin(overlap: int, context: int, multiple: int) -> int:
+    """Context kept on each side of a tile's core: ``max(overlap // 2, context)``, rounded up to ``multiple``.
+
+    Rounded so that every core starts on the network's pooling grid: its window then starts
+    exactly ``margin`` before it, and the core has the full margin of context on both sides.
+    """
+    return round_up(max(overlap // 2, context, 0), multiple)
+
+
+def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple: int, context: int = 0) -> list[Tile]:
     """Cut an image of ``shape`` into tiles whose cores cover it exactly once.
 
     Parameters
@@ -77,20 +85,24 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple:
         ``(Y, X)`` of the image.
     tile : int or None
         Tile side in pixels (rounded up to ``multiple``); None means one tile, the whole image.
+        A tile too small for its context is enlarged until its core is at least twice its
+        margin (a tile of four margins).
     overlap : int
-        Pixels shared by neighbouring windows; each side of a core has about ``overlap // 2``
-        of context, at least ``multiple`` (windows are aligned to the network's pooling grid).
+        Context shared by neighbouring windows beyond ``context``: each side of a core sees
+        at least ``overlap // 2`` pixels.
     multiple : int
         The network's size multiple; windows are padded (by reflection) to it.
+    context : int
+        The network's receptive radius (:func:`photongap.network.receptive_radius`): with
+        at least this much context on each side a core's logits equal an untiled pass's.
     """
     height, width = shape
     if tile is None:
         tile, margin = round_up(max(height, width), multiple), 0
     else:
-        tile = round_up(tile, multiple)
-        margin = max(overlap // 2, multiple)
-        if tile - 2 * margin < multiple:
-            raise PhotongapError(f"tiles of {tile} px leave no room for {margin} px of context on each side; use a larger --tile or a smaller --overlap")
+        margin = tile_margin(overlap, context, multiple)
+        # A core narrower than its margins would cost more in context than it gives: at least 2 margins.
+        tile = max(round_up(tile, multiple), 4 * margin, multiple)
     tiles = []
     for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple):
         for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple):
@@ -112,6 +124,7 @@ def predict_logits(
     tile: int | None,
     overlap: int,
     multiple: int,
+    context: int = 0,
     batch_size: int = 4,
     out: Any | None = None,
     progress: Callable[[int], None] | None = None,
@@ -124,7 +137,7 @@ def predict_logits(
         The network call (device, precision and memory format are its business).
     counts : array-like
         ``(Y, X)`` photon counts; numpy, memory-mapped or Zarr.
-    tile, overlap, multiple
+    tile, overlap, multiple, context
         See :func:`plan_tiles`.
     batch_size : int
         Tiles per network call.
@@ -140,7 +153,7 @@ def predict_logits(
     """
     shape = tuple(counts.shape)
     out = np.empty(shape, dtype=np.float32) if out is None else out
-    tiles = plan_tiles(shape, tile, overlap, multiple)
+    tiles = plan_tiles(shape, tile, overlap, multiple, context)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         # Windows at the image's edge can be smaller than inner ones: group by shape.
@@ -163,29 +176,25 @@ def row_blocks(height: int) -> Iterator[slice]:
         yield slice(start, min(start + ROWS_PER_BLOCK, height))
 
 
-def log_normaliser(logits: Any) -> float:
-    """``logsumexp`` over every pixel of a (possibly memory-mapped) ``(Y, X)`` logits image."""
-    running_max, running_sum = -math.inf, 0.0
-    for rows in row_blocks(logits.shape[0]):
-        block = np.asarray(logits[rows], dtype=np.float64)
-        block_max = float(block.max())
-        if block_max > running_max:
-            running_sum *= math.exp(running_max - block_max)
-            running_max = block_max
-        running_sum += float(np.exp(block - running_max).sum())
-    return running_max + math.log(running_sum)
+def image_log_normaliser(logits: Any) -> float:
+    """:func:`photongap.physics.log_normaliser` of a (possibly memory-mapped) ``(Y, X)`` logits image, block by block."""
+    blocks = [log_normaliser(torch.from_numpy(np.asarray(logits[rows]))[None]) for rows in row_blocks(logits.shape[0])]
+    return float(torch.logsumexp(torch.cat(blocks), dim=0))
 
 
 def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any:
     """The expected clean image ``softmax(logits) * total_photons`` over a stitched logits image.
 
-    ``out`` may be the ``logits`` array itself (computed in place, block by block).
+    :func:`photongap.physics.mmse_from_logits` block by block, with the whole image's
+    normaliser, so even a 16k x 16k plane needs no second full-size buffer: ``out`` may be
+    the ``logits`` array itself (computed in place).
     """
     out = np.empty(logits.shape, dtype=np.float32) if out is None else out
-    normaliser = log_normaliser(logits)
+    normaliser = torch.tensor([image_log_normaliser(logits)], dtype=torch.float64)
+    total = torch.tensor([total_photons], dtype=torch.float64)
     for rows in row_blocks(logits.shape[0]):
-        block = np.asarray(logits[rows], dtype=np.float64)
-        out[rows] = (np.exp(block - normaliser) * total_photons).astype(np.float32)
+        block = torch.from_numpy(np.asarray(logits[rows]))[None]
+        out[rows] = mmse_from_logits(block, total, normaliser)[0].numpy()
     return out
 
 
@@ -208,12 +217,54 @@ def padded(logits_fn: LogitsFn, multiple: int, batch_size: int) -> LogitsFn:
     return logits
 
 
-def tiled(logits_fn: LogitsFn, *, tile: int, overlap: int, multiple: int, batch_size: int) -> LogitsFn:
+def tiled(logits_fn: LogitsFn, *, tile: int, overlap: int, multiple: int, context: int, batch_size: int) -> LogitsFn:
     """A logits function that stitches each image of a batch from tiles (see :func:`predict_logits`)."""
 
     def logits(counts: torch.Tensor) -> torch.Tensor:
         planes = counts[:, 0].cpu().numpy()
-        stitched = [predict_logits(logits_fn, plane, tile=tile, overlap=overlap, multiple=multiple, batch_size=batch_size) for plane in planes]
+        stitched = [
+            predict_logits(logits_fn, plane, tile=tile, overlap=overlap, multiple=multiple, context=context, batch_size=batch_size) for plane in planes
+        ]
         return torch.from_numpy(np.stack(stitched))[:, None].to(counts.device)
 
     return logits
+
+
+def image_logits_fn(logits_fn: LogitsFn, shape: tuple[int, int], *, tile: int | None, multiple: int, context: int, batch_size: int) -> LogitsFn:
+    """Logits of whole images of ``shape``: in one pass (padded, in batches) up to ``tile``, else tile by tile.
+
+    What the sampler calls: its images stay on their device unless they must be tiled.
+    """
+    if tile is not None and max(shape) > tile:
+        return tiled(logits_fn, tile=tile, overlap=DEFAULT_OVERLAP, multiple=multiple, context=context, batch_size=batch_size)
+    return padded(logits_fn, multiple, batch_size)
+
+
+def denoise_plane(
+    logits_fn: LogitsFn,
+    counts: Any,
+    *,
+    tile: int | None,
+    overlap: int,
+    multiple: int,
+    context: int,
+    batch_size: int,
+    out: Any | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """MMSE denoising of one ``(Y, X)`` plane of any size: ``softmax(stitched logits) * sum(counts)``.
+
+    ``counts`` may be memory-mapped or lazy: it is read block by block. A numpy (or
+    memory-mapped) ``out`` first holds the logits and is then normalised in place, so even a
+    16k x 16k plane needs no second full-size buffer.
+    """
+    total = float(sum(np.asarray(counts[rows, :], dtype=np.float64).sum() for rows in row_blocks(counts.shape[-2])))
+    target = out if isinstance(out, np.ndarray) else None
+    logits = predict_logits(
+        logits_fn, counts, tile=tile, overlap=overlap, multiple=multiple, context=context, batch_size=batch_size, out=target, progress=progress
+    )
+    result = mmse_image(logits, total, out=logits)
+    if out is not None and target is None:
+        out[...] = result
+        return out
+    return result

@@ -25,7 +25,8 @@ import torch
 from photongap.config import ModelConfig, TrainConfig, dump_yaml, to_dict
 from photongap.data import GapDataModule
 from photongap.errors import PhotongapError
-from photongap.model import GapModel, resolve_device, use_bf16
+from photongap.model import GapModel
+from photongap.runtime import resolve_device, use_bf16
 from photongap.network import GapUNet
 from photongap.physics import draw_split_fraction, photon_loss, split_counts
 
