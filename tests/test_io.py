@@ -35,6 +35,14 @@ def is_ome(path: Path) -> bool:
         return tif.is_ome
 
 
+def denoise_like(image: Image, out: Path) -> Path:
+    """Write what ``photongap denoise`` writes for ``image``: plane by plane, ``like=image``."""
+    with ImageWriter(out, image.plane_shape, image.plane_axes, like=image, description="gap") as writer:
+        for index, plane in iter_planes(image):
+            writer.array[index] = np.asarray(plane, dtype="float32") / 2
+    return out
+
+
 # --- round trips -------------------------------------------------------------------------
 
 
@@ -158,6 +166,65 @@ def test_ome_zarr_reads_the_full_resolution_level(tmp_path: Path) -> None:
     assert image.shape == (1, 32, 32) and int(image.data[0, 0, 0]) == 1
     assert image.axes == "TYX" and image.pixel_sizes == {"T": 2.0, "Y": 0.3, "X": 0.3}
     assert image.units == {"T": "s", "Y": "µm", "X": "µm"}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_plain_zarr_array_in_gives_plain_array_out(tmp_path: Path, zarr_format: int) -> None:
+    data = counts((3, 20, 25))
+    source = zarr.open_array(str(tmp_path / "in" / "plain.zarr"), mode="w", shape=data.shape, chunks=(1, 8, 16),
+                             dtype=data.dtype, zarr_format=zarr_format)
+    source[:] = data
+    image = read_image(tmp_path / "in" / "plain.zarr")
+    out = denoise_like(image, output_path(image.path, tmp_path / "out"))
+    assert out == tmp_path / "out" / "plain.zarr"
+    array = zarr.open(str(out), mode="r")
+    assert isinstance(array, zarr.Array), "a plain array in must give a plain array out"
+    assert array.shape == data.shape and array.chunks == (1, 8, 16) and array.dtype == np.float32
+    assert array.metadata.zarr_format == zarr_format
+    np.testing.assert_array_equal(array[:], data / 2)
+    back = read_image(out)
+    assert back.axes == "ZYX" and back.file_format == "zarr" and image.file_format == "zarr"
+    assert back.metadata == {"description": "gap"}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["plain.zarr"]
+
+
+def test_plain_zarr_in_other_axis_order_keeps_chunks_per_axis(tmp_path: Path) -> None:
+    data = counts((20, 25, 3))
+    source = zarr.open_array(str(tmp_path / "yxz.zarr"), mode="w", shape=data.shape, chunks=(4, 16, 1), dtype=data.dtype)
+    source[:] = data
+    out = denoise_like(read_image(tmp_path / "yxz.zarr", axes="YXZ"), tmp_path / "out.zarr")
+    array = zarr.open(str(out), mode="r")
+    assert isinstance(array, zarr.Array) and array.shape == (3, 20, 25) and array.chunks == (1, 4, 16)
+    np.testing.assert_array_equal(array[:], data.transpose(2, 0, 1) / 2)
+
+
+@pytest.mark.parametrize("name", ["out.ome.zarr", "out.zarr"])
+def test_ome_zarr_in_gives_ome_zarr_out_with_its_metadata_and_final_name(tmp_path: Path, name: str) -> None:
+    data = counts((2, 2, 3, 16, 24))
+    group = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, chunks=(1, 1, 1, 16, 24), dtype=data.dtype)[:] = data
+    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    scale = [5.0, 1.0, 0.5, 0.1, 0.1]
+    group.attrs["multiscales"] = [{"version": "0.4", "name": "cells", "axes": axes,
+                                   "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
+    group.attrs["omero"] = {"channels": [{"label": "dapi"}, {"label": "gfp"}]}
+    image = read_image(tmp_path / "cells.ome.zarr")
+    out = denoise_like(image, tmp_path / name)
+
+    written = zarr.open(str(out), mode="r")
+    assert isinstance(written, zarr.Group)
+    multiscales = written.attrs["multiscales"][0]
+    assert multiscales["name"] == name, "the NGFF name is the final name, not the temporary one"
+    assert multiscales["axes"] == axes
+    assert multiscales["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": scale}]
+    assert [c["label"] for c in written.attrs["omero"]["channels"]] == ["dapi", "gfp"]
+    np.testing.assert_array_equal(written["0"][:], data / 2)
+    back = read_image(out)
+    assert (back.axes, back.pixel_sizes, back.units) == (image.axes, image.pixel_sizes, image.units) == (
+        "TCZYX", {"T": 5.0, "Z": 0.5, "Y": 0.1, "X": 0.1}, {"T": "s", "Z": "µm", "Y": "µm", "X": "µm"})
+    assert back.metadata == {"channel_names": ["dapi", "gfp"], "description": "gap"}
+    assert image.file_format == back.file_format == "ome-zarr"
 
 
 def test_large_uncompressed_tiff_is_memory_mapped_not_loaded(tmp_path: Path) -> None:

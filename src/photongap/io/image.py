@@ -29,6 +29,10 @@ class Image:
         Physical size and unit per axis where known, e.g. ``{"X": 0.1}``, ``{"X": "µm"}``.
     metadata : dict
         Anything else carried to outputs (``channel_names``, ``description``).
+    file_format : str
+        How it is stored: ``"tiff"``, ``"ome-tiff"``, ``"imagej-tiff"``, ``"npy"``, ``"png"``,
+        ``"zarr"`` (a plain array, no axes stored) or ``"ome-zarr"``; empty for images made in
+        memory. A ``.zarr`` output written ``like`` a plain Zarr array is a plain array too.
     """
 
     data: Any
@@ -37,6 +41,7 @@ class Image:
     pixel_sizes: dict[str, float] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    file_format: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:

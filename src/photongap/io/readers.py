@@ -94,11 +94,12 @@ def _read_tiff(path: Path) -> Image:
             data = tifffile.memmap(path, mode="r")
         else:
             data = series.asarray()
-    return Image(data, found.axes, path, found.pixel_sizes, found.units, found.metadata)
+        file_format = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
+    return Image(data, found.axes, path, found.pixel_sizes, found.units, found.metadata, file_format)
 
 
 def _read_npy(path: Path) -> Image:
-    return Image(np.load(path, mmap_mode="r", allow_pickle=False), "", path)
+    return Image(np.load(path, mmap_mode="r", allow_pickle=False), "", path, file_format="npy")
 
 
 def _read_png(path: Path) -> Image:
@@ -107,7 +108,7 @@ def _read_png(path: Path) -> Image:
     data = iio.imread(path.read_bytes(), extension=".png")  # bytes: imageio leaks handles on failed reads
     if data.ndim != 2:
         raise PhotongapError(f"{path}: colour PNG (shape {data.shape}); RGB images are not photon counts, save greyscale counts")
-    return Image(data, "", path)
+    return Image(data, "", path, file_format="png")
 
 
 def _read_zarr(path: Path) -> Image:
@@ -115,6 +116,7 @@ def _read_zarr(path: Path) -> Image:
 
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return Image(node, "", path)
+        description = node.attrs.get("description")
+        return Image(node, "", path, metadata={"description": description} if description else {}, file_format="zarr")
     data, found = ngff_image(node, path)
-    return Image(data, found.axes, path, found.pixel_sizes, found.units, found.metadata)
+    return Image(data, found.axes, path, found.pixel_sizes, found.units, found.metadata, "ome-zarr")

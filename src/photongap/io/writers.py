@@ -12,7 +12,7 @@ import tifffile
 
 from photongap.errors import PhotongapError
 from photongap.io.files import atomic_output, check_new_outputs, image_suffix, partial_name
-from photongap.io.image import AXES, Image
+from photongap.io.image import AXES, Image, plane_axes_order
 from photongap.io.metadata import ngff_attributes, ome_tiff_tags
 
 
@@ -20,8 +20,10 @@ class ImageWriter:
     """Write an image piece by piece to a temporary sibling, renamed to ``path`` on success.
 
     The format follows the suffix: ``.tif`` (OME-TIFF for ``.ome.tif`` or when ``like`` has
-    pixel sizes; uncompressed, memory-mapped), ``.npy`` (no axes stored) or ``.zarr`` (OME-Zarr
-    NGFF 0.4, chunks ``(1, ..., 1024, 1024)``). ``axes`` must end in ``YX``.
+    pixel sizes; uncompressed, memory-mapped), ``.npy`` (no axes stored) or ``.zarr``: OME-Zarr
+    (NGFF 0.4, chunks ``(1, ..., 1024, 1024)``), except that ``like`` a plain Zarr array it is a
+    plain array again, in the input's Zarr format and, for the same layout, its chunks per axis
+    (``.ome.zarr`` is always OME-Zarr). ``axes`` must end in ``YX``.
 
     Inside the ``with`` block, ``writer.array`` takes ``writer.array[plane_index] = plane`` or,
     for blocks, ``writer.array[(*plane_index, slice(y0, y1), slice(x0, x1))] = block`` (the
@@ -78,19 +80,40 @@ class ImageWriter:
         like = self.like or Image(None, "", Path())
         if self.kind == ".npy":
             return np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=self.shape)
+        if self.kind == ".zarr" and like.file_format == "zarr":
+            return _create_zarr_array(self.partial, self.shape, self.dtype, like, self.description)
         if self.kind in (".zarr", ".ome.zarr"):
-            return _create_ome_zarr(self.partial, self.partial.name, self.shape, self.axes, self.dtype, like, self.description)
+            # The NGFF name is the file's final name: the partial one is gone after the rename.
+            return _create_ome_zarr(self.partial, self.path.name, self.shape, self.axes, self.dtype, like, self.description)
         ome = self.kind in (".ome.tif", ".ome.tiff") or bool(like.pixel_sizes)
         metadata = ome_tiff_tags(self.axes, self.shape, like, self.description, ome)
         return tifffile.memmap(self.partial, shape=self.shape, dtype=self.dtype, ome=ome, photometric="minisblack", metadata=metadata)
+
+
+def _plane_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*(1 for _ in shape[:-2]), *(min(n, 1024) for n in shape[-2:]))
+
+
+def _create_zarr_array(path: Path, shape: tuple[int, ...], dtype: np.dtype, like: Image, description: str) -> Any:
+    import zarr
+
+    chunks = getattr(like.data, "chunks", None)
+    if chunks is not None and shape == like.plane_shape:
+        chunks = tuple(chunks[i] for i in plane_axes_order(like.axes))
+    else:
+        chunks = _plane_chunks(shape)
+    zarr_format = getattr(getattr(like.data, "metadata", None), "zarr_format", 3)
+    array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, zarr_format=zarr_format)
+    if description:
+        array.attrs["description"] = description
+    return array
 
 
 def _create_ome_zarr(path: Path, name: str, shape: tuple[int, ...], axes: str, dtype: np.dtype, like: Image, description: str) -> Any:
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    chunks = (*(1 for _ in shape[:-2]), *(min(n, 1024) for n in shape[-2:]))
-    array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+    array = group.create_array("0", shape=shape, chunks=_plane_chunks(shape), dtype=dtype, fill_value=0,
                                chunk_key_encoding={"name": "v2", "separator": "/"})
     group.attrs.update(ngff_attributes(name, axes, shape, like, description))
     return array
