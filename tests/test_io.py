@@ -304,6 +304,20 @@ def test_axes_errors(tmp_path: Path) -> None:
         read_image(tmp_path / "rgb.tif")
 
 
+@pytest.mark.parametrize("frames", [3, 4])
+def test_planar_rgb_stack_error_says_how_to_read_it_as_frames(tmp_path: Path, frames: int) -> None:
+    path = tmp_path / "stack.tif"
+    data = counts((frames, 64, 64))
+    tifffile.imwrite(path, data)  # tifffile stores 3 or 4 frames as planar RGB(A)
+    with pytest.raises(PhotongapError, match=r"stack\.tif: .*RGB images are not photon counts.*--axes TYX \(or ZYX\)") as error:
+        read_image(path)
+    assert "\n" not in str(error.value)
+    for axes in ("TYX", "ZYX"):
+        image = read_image(path, axes=axes)
+        assert image.axes == axes and image.shape == data.shape
+        np.testing.assert_array_equal(image.data, data)
+
+
 # --- planes ------------------------------------------------------------------------------
 
 

@@ -80,7 +80,14 @@ def resolve_axes(image: Image, axes: str | None) -> str:
                "lacks Y or X" if not {"Y", "X"} <= set(resolved) else "")
     if problem:
         raise PhotongapError(f"{path}: axes {resolved!r} {problem}; give one letter of TCZYXS per dimension with --axes")
-    if "S" in resolved and (axes is None or resolved.index("S") > min(resolved.index("Y"), resolved.index("X"))):
+    planar = resolved.find("S") < min(resolved.index("Y"), resolved.index("X"))
+    frames = [resolved.replace("S", a) for a in "TZC" if a not in resolved][:2]
+    if "S" in resolved and axes is None and planar and frames:
+        # tifffile.imwrite stores any (3 or 4, Y, X) stack like this unless told otherwise: often frames, not colours.
+        raise PhotongapError(f"{path}: stored as planar RGB (axes {resolved}, shape {shape}) and RGB images are not photon counts; "
+                             f"tifffile stores any stack of 3 or 4 frames this way, so if these are frames read them with "
+                             f"--axes {' (or '.join(frames)}{')' * (len(frames) - 1)}")
+    if "S" in resolved and (axes is None or not planar):
         raise PhotongapError(f"{path}: colour samples (axes {resolved}); RGB images are not photon counts")
     return resolved
 
