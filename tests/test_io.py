@@ -402,3 +402,37 @@ def test_output_path_keeps_the_extension_family(tmp_path: Path) -> None:
     (tmp_path / "a.tif").write_bytes(b"")
     with pytest.raises(PhotongapError, match="would replace its input"):
         output_path(tmp_path / "a.tif", tmp_path)
+
+
+def test_output_paths_keep_dotted_names_distinct(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inputs = [Path("in/cell.1.tif"), Path("in/cell.2.tif"), Path("in/cell.ome.tiff")]
+    assert io.output_paths(inputs, out, "_mean") == [out / "cell.1_mean.tif", out / "cell.2_mean.tif", out / "cell_mean.ome.tif"]
+    assert io.output_paths(inputs[:1], tmp_path / "x.npy") == [tmp_path / "x.npy"]
+    assert io.output_paths(inputs[:2], out, ("_samples", "_mean"), extension=".tif") == [
+        (out / "cell.1_samples.tif", out / "cell.1_mean.tif"), (out / "cell.2_samples.tif", out / "cell.2_mean.tif")]
+    assert io.output_paths([Path("in/a.zarr")], out, "_s", extension="npy") == [out / "a_s.npy"]
+
+
+def test_output_paths_refuse_two_inputs_with_one_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(PhotongapError, match=r"a/cell\.tif and .*b/cell\.tif would both be written to .*out/cell_gap\.tif") as error:
+        io.output_paths([Path("a/cell.tif"), Path("b/cell.tif")], out, "_gap")
+    assert "\n" not in str(error.value)
+    with pytest.raises(PhotongapError, match=r"cell\.png and .*cell\.tiff would both be written to .*cell\.tif"):
+        io.output_paths([Path("a/cell.png"), Path("a/cell.tiff")], out)
+    with pytest.raises(PhotongapError, match="given twice"):
+        io.output_paths([Path("a/cell.tif"), Path("a/../a/cell.tif")], out)
+    with pytest.raises(PhotongapError, match=r"x\.tif: 2 outputs per input need an output folder"):
+        io.output_paths([Path("a/cell.tif")], tmp_path / "x.tif", ("_mean", "_std"))
+    with pytest.raises(PhotongapError, match="b.tif: 2 inputs need an output folder"):
+        io.output_paths([Path("a.tif"), Path("c.tif")], tmp_path / "b.tif")
+
+
+def test_output_paths_refuse_to_replace_another_input(tmp_path: Path) -> None:
+    # a.png denoised into its own folder would become a.tif: the other input.
+    with pytest.raises(PhotongapError, match=r"a\.tif: the output of .*a\.png would replace the input .*a\.tif"):
+        io.output_paths([tmp_path / "a.png", tmp_path / "a.tif"], tmp_path, "")
+    with pytest.raises(PhotongapError, match="would replace"):
+        io.output_paths([tmp_path / "a.tif", tmp_path / "a_mean.tif"], tmp_path, "_mean")
+    assert io.output_paths([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path, "_gap") == [tmp_path / "a_gap.tif", tmp_path / "b_gap.tif"]

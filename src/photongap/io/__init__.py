@@ -22,6 +22,7 @@ from photongap.io.files import (
     check_new_outputs,
     find_images,
     output_path,
+    output_paths,
     partial_name,
 )
 from photongap.io.image import AXES, Image, LazyPlane, iter_planes, plane_axes_order
@@ -40,6 +41,7 @@ __all__ = [
     "find_images",
     "iter_planes",
     "output_path",
+    "output_paths",
     "partial_name",
     "plane_axes_order",
     "read_image",
