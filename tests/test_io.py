@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -20,6 +21,7 @@ from photongap.io import (
     find_images,
     iter_planes,
     output_path,
+    output_paths,
     plane_axes_order,
     read_image,
     write_image,
@@ -347,6 +349,7 @@ def test_writer_takes_planes_and_blocks(tmp_path: Path, name: str) -> None:
         for y0 in range(0, 30, 16):
             writer.array[(1, slice(y0, y0 + 16), slice(0, 40))] = data[1, y0:y0 + 16]
         assert not (tmp_path / name).exists()
+        assert writer.partial == io.partial_name(tmp_path / name) and writer.partial.exists()  # atomic_output's
     assert writer.array is None
     np.testing.assert_array_equal(np.asarray(read_image(tmp_path / name).data[:]), data)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
@@ -407,32 +410,54 @@ def test_output_path_keeps_the_extension_family(tmp_path: Path) -> None:
 def test_output_paths_keep_dotted_names_distinct(tmp_path: Path) -> None:
     out = tmp_path / "out"
     inputs = [Path("in/cell.1.tif"), Path("in/cell.2.tif"), Path("in/cell.ome.tiff")]
-    assert io.output_paths(inputs, out, "_mean") == [out / "cell.1_mean.tif", out / "cell.2_mean.tif", out / "cell_mean.ome.tif"]
-    assert io.output_paths(inputs[:1], tmp_path / "x.npy") == [tmp_path / "x.npy"]
-    assert io.output_paths(inputs[:2], out, ("_samples", "_mean"), extension=".tif") == [
+    assert output_paths(inputs, out, "_mean") == [out / "cell.1_mean.tif", out / "cell.2_mean.tif", out / "cell_mean.ome.tif"]
+    assert output_paths(inputs[:1], tmp_path / "x.npy") == [tmp_path / "x.npy"]
+    assert output_paths(inputs[:2], out, ("_samples", "_mean"), extension=".tif") == [
         (out / "cell.1_samples.tif", out / "cell.1_mean.tif"), (out / "cell.2_samples.tif", out / "cell.2_mean.tif")]
-    assert io.output_paths([Path("in/a.zarr")], out, "_s", extension="npy") == [out / "a_s.npy"]
+    assert output_paths([Path("in/a.zarr")], out, "_s", extension="npy") == [out / "a_s.npy"]
 
 
 def test_output_paths_refuse_two_inputs_with_one_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(PhotongapError, match=r"a/cell\.tif and .*b/cell\.tif would both be written to .*out/cell_gap\.tif") as error:
-        io.output_paths([Path("a/cell.tif"), Path("b/cell.tif")], out, "_gap")
+        output_paths([Path("a/cell.tif"), Path("b/cell.tif")], out, "_gap")
     assert "\n" not in str(error.value)
     with pytest.raises(PhotongapError, match=r"cell\.png and .*cell\.tiff would both be written to .*cell\.tif"):
-        io.output_paths([Path("a/cell.png"), Path("a/cell.tiff")], out)
+        output_paths([Path("a/cell.png"), Path("a/cell.tiff")], out)
     with pytest.raises(PhotongapError, match="given twice"):
-        io.output_paths([Path("a/cell.tif"), Path("a/../a/cell.tif")], out)
+        output_paths([Path("a/cell.tif"), Path("a/../a/cell.tif")], out)
     with pytest.raises(PhotongapError, match=r"x\.tif: 2 outputs per input need an output folder"):
-        io.output_paths([Path("a/cell.tif")], tmp_path / "x.tif", ("_mean", "_std"))
+        output_paths([Path("a/cell.tif")], tmp_path / "x.tif", ("_mean", "_std"))
     with pytest.raises(PhotongapError, match="b.tif: 2 inputs need an output folder"):
-        io.output_paths([Path("a.tif"), Path("c.tif")], tmp_path / "b.tif")
+        output_paths([Path("a.tif"), Path("c.tif")], tmp_path / "b.tif")
 
 
 def test_output_paths_refuse_to_replace_another_input(tmp_path: Path) -> None:
     # a.png denoised into its own folder would become a.tif: the other input.
     with pytest.raises(PhotongapError, match=r"a\.tif: the output of .*a\.png would replace the input .*a\.tif"):
-        io.output_paths([tmp_path / "a.png", tmp_path / "a.tif"], tmp_path, "")
+        output_paths([tmp_path / "a.png", tmp_path / "a.tif"], tmp_path, "")
     with pytest.raises(PhotongapError, match="would replace"):
-        io.output_paths([tmp_path / "a.tif", tmp_path / "a_mean.tif"], tmp_path, "_mean")
-    assert io.output_paths([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path, "_gap") == [tmp_path / "a_gap.tif", tmp_path / "b_gap.tif"]
+        output_paths([tmp_path / "a.tif", tmp_path / "a_mean.tif"], tmp_path, "_mean")
+    assert output_paths([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path, "_gap") == [tmp_path / "a_gap.tif", tmp_path / "b_gap.tif"]
+
+
+# --- imports -----------------------------------------------------------------------------
+
+
+def test_io_imports_no_torch_and_zarr_only_for_zarr_files(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", counts((8, 8)))
+    np.save(tmp_path / "b.npy", counts((8, 8)))
+    script = """
+import sys
+import photongap.io as io
+heavy = lambda: sorted(m for m in ("torch", "lightning", "matplotlib", "zarr") if m in sys.modules)
+for name in sys.argv[1:]:
+    io.write_image(name + ".out.tif", io.read_image(name).data, "YX")
+print(heavy())
+io.read_image(io.write_image(sys.argv[1] + ".zarr", io.read_image(sys.argv[1]).data, "YX"))
+print(heavy())
+"""
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.tif"), str(tmp_path / "b.npy")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["[]", "['zarr']"]
+
