@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -20,6 +21,7 @@ from photongap.io import (
     find_images,
     iter_planes,
     output_path,
+    output_paths,
     plane_axes_order,
     read_image,
     write_image,
@@ -33,6 +35,14 @@ def counts(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.n
 def is_ome(path: Path) -> bool:
     with tifffile.TiffFile(path) as tif:
         return tif.is_ome
+
+
+def denoise_like(image: Image, out: Path) -> Path:
+    """Write what ``photongap denoise`` writes for ``image``: plane by plane, ``like=image``."""
+    with ImageWriter(out, image.plane_shape, image.plane_axes, like=image, description="gap") as writer:
+        for index, plane in iter_planes(image):
+            writer.array[index] = np.asarray(plane, dtype="float32") / 2
+    return out
 
 
 # --- round trips -------------------------------------------------------------------------
@@ -160,6 +170,65 @@ def test_ome_zarr_reads_the_full_resolution_level(tmp_path: Path) -> None:
     assert image.units == {"T": "s", "Y": "µm", "X": "µm"}
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_plain_zarr_array_in_gives_plain_array_out(tmp_path: Path, zarr_format: int) -> None:
+    data = counts((3, 20, 25))
+    source = zarr.open_array(str(tmp_path / "in" / "plain.zarr"), mode="w", shape=data.shape, chunks=(1, 8, 16),
+                             dtype=data.dtype, zarr_format=zarr_format)
+    source[:] = data
+    image = read_image(tmp_path / "in" / "plain.zarr")
+    out = denoise_like(image, output_path(image.path, tmp_path / "out"))
+    assert out == tmp_path / "out" / "plain.zarr"
+    array = zarr.open(str(out), mode="r")
+    assert isinstance(array, zarr.Array), "a plain array in must give a plain array out"
+    assert array.shape == data.shape and array.chunks == (1, 8, 16) and array.dtype == np.float32
+    assert array.metadata.zarr_format == zarr_format
+    np.testing.assert_array_equal(array[:], data / 2)
+    back = read_image(out)
+    assert back.axes == "ZYX" and back.file_format == "zarr" and image.file_format == "zarr"
+    assert back.metadata == {"description": "gap"}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["plain.zarr"]
+
+
+def test_plain_zarr_in_other_axis_order_keeps_chunks_per_axis(tmp_path: Path) -> None:
+    data = counts((20, 25, 3))
+    source = zarr.open_array(str(tmp_path / "yxz.zarr"), mode="w", shape=data.shape, chunks=(4, 16, 1), dtype=data.dtype)
+    source[:] = data
+    out = denoise_like(read_image(tmp_path / "yxz.zarr", axes="YXZ"), tmp_path / "out.zarr")
+    array = zarr.open(str(out), mode="r")
+    assert isinstance(array, zarr.Array) and array.shape == (3, 20, 25) and array.chunks == (1, 4, 16)
+    np.testing.assert_array_equal(array[:], data.transpose(2, 0, 1) / 2)
+
+
+@pytest.mark.parametrize("name", ["out.ome.zarr", "out.zarr"])
+def test_ome_zarr_in_gives_ome_zarr_out_with_its_metadata_and_final_name(tmp_path: Path, name: str) -> None:
+    data = counts((2, 2, 3, 16, 24))
+    group = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, chunks=(1, 1, 1, 16, 24), dtype=data.dtype)[:] = data
+    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    scale = [5.0, 1.0, 0.5, 0.1, 0.1]
+    group.attrs["multiscales"] = [{"version": "0.4", "name": "cells", "axes": axes,
+                                   "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
+    group.attrs["omero"] = {"channels": [{"label": "dapi"}, {"label": "gfp"}]}
+    image = read_image(tmp_path / "cells.ome.zarr")
+    out = denoise_like(image, tmp_path / name)
+
+    written = zarr.open(str(out), mode="r")
+    assert isinstance(written, zarr.Group)
+    multiscales = written.attrs["multiscales"][0]
+    assert multiscales["name"] == name, "the NGFF name is the final name, not the temporary one"
+    assert multiscales["axes"] == axes
+    assert multiscales["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": scale}]
+    assert [c["label"] for c in written.attrs["omero"]["channels"]] == ["dapi", "gfp"]
+    np.testing.assert_array_equal(written["0"][:], data / 2)
+    back = read_image(out)
+    assert (back.axes, back.pixel_sizes, back.units) == (image.axes, image.pixel_sizes, image.units) == (
+        "TCZYX", {"T": 5.0, "Z": 0.5, "Y": 0.1, "X": 0.1}, {"T": "s", "Z": "µm", "Y": "µm", "X": "µm"})
+    assert back.metadata == {"channel_names": ["dapi", "gfp"], "description": "gap"}
+    assert image.file_format == back.file_format == "ome-zarr"
+
+
 def test_large_uncompressed_tiff_is_memory_mapped_not_loaded(tmp_path: Path) -> None:
     path = tmp_path / "big.tif"
     data = np.zeros((2048, 2048), "uint16")
@@ -237,6 +306,20 @@ def test_axes_errors(tmp_path: Path) -> None:
         read_image(tmp_path / "rgb.tif")
 
 
+@pytest.mark.parametrize("frames", [3, 4])
+def test_planar_rgb_stack_error_says_how_to_read_it_as_frames(tmp_path: Path, frames: int) -> None:
+    path = tmp_path / "stack.tif"
+    data = counts((frames, 64, 64))
+    tifffile.imwrite(path, data)  # tifffile stores 3 or 4 frames as planar RGB(A)
+    with pytest.raises(PhotongapError, match=r"stack\.tif: .*RGB images are not photon counts.*--axes TYX \(or ZYX\)") as error:
+        read_image(path)
+    assert "\n" not in str(error.value)
+    for axes in ("TYX", "ZYX"):
+        image = read_image(path, axes=axes)
+        assert image.axes == axes and image.shape == data.shape
+        np.testing.assert_array_equal(image.data, data)
+
+
 # --- planes ------------------------------------------------------------------------------
 
 
@@ -266,6 +349,7 @@ def test_writer_takes_planes_and_blocks(tmp_path: Path, name: str) -> None:
         for y0 in range(0, 30, 16):
             writer.array[(1, slice(y0, y0 + 16), slice(0, 40))] = data[1, y0:y0 + 16]
         assert not (tmp_path / name).exists()
+        assert writer.partial == io.partial_name(tmp_path / name) and writer.partial.exists()  # atomic_output's
     assert writer.array is None
     np.testing.assert_array_equal(np.asarray(read_image(tmp_path / name).data[:]), data)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
@@ -321,3 +405,59 @@ def test_output_path_keeps_the_extension_family(tmp_path: Path) -> None:
     (tmp_path / "a.tif").write_bytes(b"")
     with pytest.raises(PhotongapError, match="would replace its input"):
         output_path(tmp_path / "a.tif", tmp_path)
+
+
+def test_output_paths_keep_dotted_names_distinct(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inputs = [Path("in/cell.1.tif"), Path("in/cell.2.tif"), Path("in/cell.ome.tiff")]
+    assert output_paths(inputs, out, "_mean") == [out / "cell.1_mean.tif", out / "cell.2_mean.tif", out / "cell_mean.ome.tif"]
+    assert output_paths(inputs[:1], tmp_path / "x.npy") == [tmp_path / "x.npy"]
+    assert output_paths(inputs[:2], out, ("_samples", "_mean"), extension=".tif") == [
+        (out / "cell.1_samples.tif", out / "cell.1_mean.tif"), (out / "cell.2_samples.tif", out / "cell.2_mean.tif")]
+    assert output_paths([Path("in/a.zarr")], out, "_s", extension="npy") == [out / "a_s.npy"]
+
+
+def test_output_paths_refuse_two_inputs_with_one_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(PhotongapError, match=r"a/cell\.tif and .*b/cell\.tif would both be written to .*out/cell_gap\.tif") as error:
+        output_paths([Path("a/cell.tif"), Path("b/cell.tif")], out, "_gap")
+    assert "\n" not in str(error.value)
+    with pytest.raises(PhotongapError, match=r"cell\.png and .*cell\.tiff would both be written to .*cell\.tif"):
+        output_paths([Path("a/cell.png"), Path("a/cell.tiff")], out)
+    with pytest.raises(PhotongapError, match="given twice"):
+        output_paths([Path("a/cell.tif"), Path("a/../a/cell.tif")], out)
+    with pytest.raises(PhotongapError, match=r"x\.tif: 2 outputs per input need an output folder"):
+        output_paths([Path("a/cell.tif")], tmp_path / "x.tif", ("_mean", "_std"))
+    with pytest.raises(PhotongapError, match="b.tif: 2 inputs need an output folder"):
+        output_paths([Path("a.tif"), Path("c.tif")], tmp_path / "b.tif")
+
+
+def test_output_paths_refuse_to_replace_another_input(tmp_path: Path) -> None:
+    # a.png denoised into its own folder would become a.tif: the other input.
+    with pytest.raises(PhotongapError, match=r"a\.tif: the output of .*a\.png would replace the input .*a\.tif"):
+        output_paths([tmp_path / "a.png", tmp_path / "a.tif"], tmp_path, "")
+    with pytest.raises(PhotongapError, match="would replace"):
+        output_paths([tmp_path / "a.tif", tmp_path / "a_mean.tif"], tmp_path, "_mean")
+    assert output_paths([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path, "_gap") == [tmp_path / "a_gap.tif", tmp_path / "b_gap.tif"]
+
+
+# --- imports -----------------------------------------------------------------------------
+
+
+def test_io_imports_no_torch_and_zarr_only_for_zarr_files(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", counts((8, 8)))
+    np.save(tmp_path / "b.npy", counts((8, 8)))
+    script = """
+import sys
+import photongap.io as io
+heavy = lambda: sorted(m for m in ("torch", "lightning", "matplotlib", "zarr") if m in sys.modules)
+for name in sys.argv[1:]:
+    io.write_image(name + ".out.tif", io.read_image(name).data, "YX")
+print(heavy())
+io.read_image(io.write_image(sys.argv[1] + ".zarr", io.read_image(sys.argv[1]).data, "YX"))
+print(heavy())
+"""
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.tif"), str(tmp_path / "b.npy")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["[]", "['zarr']"]
+
