@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from photongap import config as defaults
 from photongap.errors import PhotongapError
 
 app = typer.Typer(
@@ -36,12 +37,25 @@ class Units(str, Enum):
     adu = "adu"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto (CUDA if available), cpu or cuda.")]
 GainOption = Annotated[Optional[float], typer.Option(help="Camera gain in ADU per photon: counts = (value - offset) / gain.")]
 OffsetOption = Annotated[Optional[float], typer.Option(help="Camera offset in ADU (see --gain).")]
 CalibrationOption = Annotated[Optional[Path], typer.Option(help="calibration.json from 'photongap calibrate' (gain and offset).")]
 AxesOption = Annotated[Optional[str], typer.Option(help="Axes of ambiguous inputs, one letter of TCZYX per dimension, e.g. TYX.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="auto (bf16 where the hardware has it: GPUs, CPUs with AMX or AVX-512 BF16), fp32 or bf16.")]
+TileOption = Annotated[int, typer.Option(help="Tile side in pixels; 0 = whole planes at once. Tiles keep the network's receptive field as context, so results do not depend on it.")]
+OverlapOption = Annotated[int, typer.Option(help="Extra context shared by neighbouring tiles beyond the network's receptive field, in pixels.")]
+BetaMaxOption = Annotated[
+    Optional[str], typer.Option(help="Let beta grow up to this once the image is bright; 'none' keeps beta fixed (the published loop: --beta 0.1 --beta-max none --dispersion 0).")
+]
+TargetPsnrOption = Annotated[float, typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons (20 dB: 100 photons/px).")]
 DispersionOption = Annotated[
     float,
     typer.Option(help="Give each step's photons the spread a pixel-wise posterior adds within the step (0: published Poisson draw, 1: full); keeps large steps from narrowing the samples."),
@@ -146,12 +160,12 @@ def denoise(
     model: Annotated[Path, typer.Argument(help="model.pt from 'photongap train'.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders to denoise.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (one input) or folder.")],
-    tile: Annotated[int, typer.Option(help="Tile side in pixels; 0 = whole planes at once.")] = 512,
-    overlap: Annotated[int, typer.Option(help="Context shared by neighbouring tiles, in pixels.")] = 64,
+    tile: TileOption = defaults.DEFAULT_TILE,
+    overlap: OverlapOption = defaults.DEFAULT_OVERLAP,
     batch_size: Annotated[Optional[int], typer.Option(help="Tiles per network call [default: 1 on a CPU (fastest there), 4 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
     devices: Annotated[int, typer.Option(help="Processes sharing the files: one per GPU, or the CPU cores split between them.")] = 1,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it: GPUs, CPUs with AMX or AVX-512 BF16), fp32 or bf16.")] = "auto",
+    precision: PrecisionOption = Precision.auto,
     gain: GainOption = None,
     offset: OffsetOption = None,
     calibration: CalibrationOption = None,
@@ -162,9 +176,10 @@ def denoise(
     """MMSE-denoise images. Output: float32 TIFF (or .npy/.zarr) of the same shape and axes as each
     input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
     or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
-    from photongap.io import check_new_outputs, find_images, output_path
-    from photongap.model import load, resolve_device
+    from photongap.io import check_new_outputs, find_images, output_paths
+    from photongap.model import load
     from photongap.pipeline import DenoiseJob, denoise_file, denoise_files, read_images, total_tiles
+    from photongap.runtime import resolve_device
 
     camera = _camera(gain, offset, calibration)
     resolve_device(device.value)
@@ -173,9 +188,9 @@ def denoise(
     network = load(model)
     paths = find_images(inputs)
     images = read_images(paths, axes, camera)
-    targets = [output_path(image.path, out, n_inputs=len(images)) for image in images]
+    targets = output_paths(paths, out)
     check_new_outputs(targets, overwrite)
-    options = dict(camera=camera, output_units=output_units.value, tile=tile or None, overlap=overlap, batch_size=batch_size, precision=precision, overwrite=overwrite)
+    options = dict(camera=camera, output_units=output_units.value, tile=tile or None, overlap=overlap, batch_size=batch_size, precision=precision.value, overwrite=overwrite)
     with _progress() as progress:
         task = progress.add_task("denoising", total=total_tiles(network, images, tile or None, overlap), status="tiles")
         processes = min(devices, len(images))
@@ -190,13 +205,19 @@ def denoise(
     console.print(f"[green]denoised[/] {len(images)} image(s) into {out}" + (f" with {processes} processes" if processes > 1 else ""))
 
 
-def _schedule(beta: float, beta_max: float | None, dispersion: float):
-    from photongap.sampling import PhotonSchedule
+def _schedule(beta: float, beta_max: str | None, dispersion: float) -> defaults.PhotonSchedule:
+    if beta_max is None or beta_max.strip().lower() == "none":
+        ceiling = None
+    else:
+        try:
+            ceiling = float(beta_max)
+        except ValueError:
+            raise PhotongapError(f"--beta-max must be a number or 'none', got {beta_max!r}") from None
+    return defaults.PhotonSchedule(beta=beta, beta_max=ceiling, dispersion=dispersion)
 
-    try:
-        return PhotonSchedule(beta=beta, beta_max=beta_max, dispersion=dispersion)
-    except ValueError as error:
-        raise PhotongapError(str(error)) from None
+
+def _beta_max_default(schedule: defaults.PhotonSchedule) -> str:
+    return "none" if schedule.beta_max is None else f"{schedule.beta_max:g}"
 
 
 @contextlib.contextmanager
@@ -219,15 +240,16 @@ def sample(
     inputs: Annotated[list[Path], typer.Argument(help="Noisy images or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
-    target_psnr: Annotated[Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons.")] = 20.0,
+    target_psnr: TargetPsnrOption = defaults.DEFAULT_TARGET_PSNR,
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
-    # The defaults are photongap.sampling.FAST_SCHEDULE (not imported here: it pulls in torch).
-    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = 0.5,
-    beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright (the published loop: --beta 0.1 --beta-max 0.1 --dispersion 0).")] = 4.0,
-    dispersion: DispersionOption = 1.0,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = defaults.FAST_SCHEDULE.beta,
+    beta_max: BetaMaxOption = _beta_max_default(defaults.FAST_SCHEDULE),
+    dispersion: DispersionOption = defaults.FAST_SCHEDULE.dispersion,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
+    tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,
     device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     movie: Annotated[Optional[Path], typer.Option(help="GIF/MP4 of the first sample of the first image accumulating photons.")] = None,
     gain: GainOption = None,
     offset: OffsetOption = None,
@@ -238,7 +260,7 @@ def sample(
 ) -> None:
     """Diversity denoising: posterior samples, their mean and per-pixel std (NAME_samples/_mean/_std.tif),
     in the photon units of the input. Stacks are sampled plane by plane."""
-    from photongap.io import find_images
+    from photongap.io import check_new_outputs, find_images, output_paths
     from photongap.model import load
     from photongap.movie import MovieRecorder
     from photongap.pipeline import read_images, sample_file
@@ -247,10 +269,13 @@ def sample(
         target_psnr = None
     camera = _camera(gain, offset, calibration)
     schedule = _schedule(beta, beta_max, dispersion)
+    paths = find_images(inputs)
+    targets = output_paths(paths, out, ("_samples", "_mean", "_std"), extension=".tif")
+    check_new_outputs([path for group in targets for path in group], overwrite)
     network = load(model)
-    images = read_images(find_images(inputs), axes, camera)
+    images = read_images(paths, axes, camera)
     recorder = MovieRecorder() if movie else None
-    for number, image in enumerate(images):
+    for number, (image, outputs) in enumerate(zip(images, targets)):
         with _sampling_progress(f"sampling {image.path.name}", target_psnr) as on_step:
 
             def step(state, record=recorder is not None and number == 0) -> None:
@@ -258,10 +283,10 @@ def sample(
                 if record:
                     recorder(state)
 
-            paths, calls = sample_file(
+            written, calls = sample_file(
                 network,
                 image,
-                out,
+                outputs,
                 n=n,
                 camera=camera,
                 output_units=output_units.value,
@@ -271,10 +296,12 @@ def sample(
                 schedule=schedule,
                 seed=seed,
                 batch_size=batch_size,
+                tile=tile or None,
                 device=device.value,
+                precision=precision.value,
                 on_step=step,
             )
-        console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in paths)}")
+        console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
     if recorder is not None:
         recorder.save(movie)
         console.print(f"movie written to {movie}")
@@ -286,13 +313,14 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
     size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
     n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,
-    target_psnr: Annotated[float, typer.Option(help="Stop at this pseudo-PSNR (dB).")] = 10.0,
-    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = 0.1,
-    beta_max: Annotated[Optional[float], typer.Option(help="Let beta grow up to this once the image is bright.")] = None,
-    dispersion: DispersionOption = 0.0,
+    target_psnr: TargetPsnrOption = defaults.DEFAULT_TARGET_PSNR,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = defaults.PUBLISHED_SCHEDULE.beta,
+    beta_max: BetaMaxOption = _beta_max_default(defaults.PUBLISHED_SCHEDULE),
+    dispersion: DispersionOption = defaults.PUBLISHED_SCHEDULE.dispersion,
     seed: Annotated[int, typer.Option(help="Same seed, same images.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     movie: Annotated[Optional[Path], typer.Option(help="GIF/MP4 of the first image accumulating photons, beside its prediction.")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -303,6 +331,7 @@ def generate(
 
     target = out / "generated.tif"
     check_new_outputs([target], overwrite)
+    schedule = _schedule(beta, beta_max, dispersion)
     network = load(model)
     recorder = MovieRecorder() if movie else None
     with _sampling_progress("generating", target_psnr) as on_step:
@@ -312,11 +341,46 @@ def generate(
             if recorder is not None:
                 recorder(state)
 
-        result = network.generate(n, size, target_psnr=target_psnr, schedule=_schedule(beta, beta_max, dispersion), seed=seed, batch_size=batch_size, device=device.value, on_step=step)
+        result = network.generate(
+            n, size, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=step
+        )
     path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
         recorder.save(movie)
     console.print(f"[green]generated[/] {n} images ({result.network_calls} network calls each) -> {path}")
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="model.pt from 'photongap train'.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """What a model file holds: version, preset, weights, trained range of photon levels, training data."""
+    import json
+
+    from photongap.model import load
+
+    description = load(model).describe()
+    if json_output:
+        typer.echo(json.dumps(description, indent=2, default=str))
+        return
+    trained = description["trained_range_db"]
+    photons = description["trained_range_photons_per_px"]
+    data = description["data"] or {}
+    lines = [
+        f"[bold]{model}[/]",
+        f"  photongap {description['photongap_version']}, model format {description['format_version']}, preset {description['preset']}",
+        f"  network   depth {description['network']['depth']}, {description['network']['start_filters']} filters, "
+        f"{description['network']['encoding']} encoding; {description['weights']:,} weights; receptive radius {description['receptive_radius_px']} px",
+        "  trained   " + (f"inputs from {trained[0]:.1f} to {trained[1]:.1f} dB ({photons[0]:.3g} to {photons[1]:.3g} photons/px)" if trained else "range not recorded"),
+        f"  steps     {description['steps_done']}",
+    ]
+    if data:
+        lines.append(
+            f"  data      {data.get('images')} image(s), {data.get('pixels'):,} px, {data.get('photons_per_pixel', float('nan')):.3g} photons/px "
+            f"({data.get('pseudo_psnr', float('nan')):.1f} dB), brightest pixel {data.get('max_count', float('nan')):g}"
+        )
+    console.print("\n".join(lines), highlight=False)
 
 
 @app.command()

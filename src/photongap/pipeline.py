@@ -184,7 +184,7 @@ def sample_axis(axes: str) -> str:
 def sample_file(
     model: GapModel,
     image: Image,
-    out_dir: Path,
+    targets: Sequence[Path],
     *,
     n: int,
     camera: Camera = Camera(),
@@ -193,15 +193,18 @@ def sample_file(
     on_plane: Callable[[tuple[int, ...]], None] | None = None,
     **sample_options: Any,
 ) -> tuple[list[Path], int]:
-    """Posterior samples of every plane: ``NAME_samples.tif`` (n, ...), ``NAME_mean.tif``, ``NAME_std.tif``.
+    """Posterior samples of every plane into ``targets``: the samples (n, ...), their mean and their std.
+
+    :func:`photongap.io.output_paths` names them (``NAME_samples.tif``, ``NAME_mean.tif``,
+    ``NAME_std.tif``) so that distinct inputs never share outputs.
 
     A camera with read noise samples from shifted counts; the shift is subtracted from the
     samples and their mean (the std is unchanged). Returns the paths written and the network
     calls per sample of the last plane.
     """
     camera.check_units(output_units)
-    stem = image.path.name.split(".")[0]
-    targets = [out_dir / f"{stem}_{kind}.tif" for kind in ("samples", "mean", "std")]
+    if len(targets) != 3:
+        raise ValueError("sample_file writes three outputs: samples, mean and std")
     check_new_outputs(targets, overwrite)
     shape = image.plane_shape
     samples = np.empty((n, *shape), dtype=np.float32)
