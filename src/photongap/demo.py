@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from photongap.config import override, preset
 from photongap.io import write_image
 from photongap.model import GapModel
 from photongap.plotting import plot_comparison
@@ -60,9 +59,8 @@ def run_demo(
     clean = [clean_at_level(image, photons_per_pixel) for image in data.test]
     noisy_test = [rng.poisson(image).astype(np.float32) for image in clean]
 
-    model_config, train_config = preset("default")
-    train_config = override(train_config, steps=steps, time_limit_minutes=minutes, seed=seed)
-    result = train(noisy_train, out_dir / "run", model_config=model_config, train_config=train_config, device=device, progress=progress)
+    overrides = {"steps": steps, "time_limit_minutes": minutes, "seed": seed}
+    result = train(noisy_train, out_dir / "run", preset="default", overrides=overrides, device=device, progress=progress)
 
     model = GapModel.load(result.model_path)
     denoised = [model.denoise(image, device=device) for image in noisy_test]

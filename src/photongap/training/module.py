@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -36,28 +36,33 @@ class RunProgress:
     """How far a run is: steps done over steps, or wall time over the time limit, whichever is further.
 
     With a time limit the learning-rate schedule thus anneals by the deadline instead of
-    being cut off half-way (the schedule then depends on the machine's speed). Only for a
-    single process: ranks of a distributed run would read different clocks and apply
-    different learning rates, so they follow the steps alone.
+    being cut off half-way (the schedule then depends on the machine's speed). ``clock``
+    gives the seconds the run has trained, resumes included (:class:`~photongap.training.callbacks.RunClock`),
+    as Lightning's timer counts them when it stops the run. None: the steps alone, as for
+    the ranks of a distributed run, which would read different clocks and apply different
+    learning rates.
     """
 
-    def __init__(self, config: TrainConfig, use_clock: bool = True) -> None:
+    def __init__(self, config: TrainConfig, clock: Callable[[], float] | None = None) -> None:
         self.config = config
-        self.use_clock = use_clock
-        self.started = time.monotonic()
+        self.clock = clock
 
     def __call__(self, step: int) -> float:
         progress = step / self.config.steps
-        if self.config.time_limit_minutes and self.use_clock:
-            progress = max(progress, (time.monotonic() - self.started) / (60.0 * self.config.time_limit_minutes))
+        if self.config.time_limit_minutes and self.clock is not None:
+            progress = max(progress, self.clock() / (60.0 * self.config.time_limit_minutes))
         return min(progress, 1.0)
 
 
 class GapLightningModule(L.LightningModule):
-    """GAP training: ``loss = photon_loss(net(input_counts), target_counts)`` on fresh splits."""
+    """GAP training: ``loss = photon_loss(net(input_counts), target_counts)`` on fresh splits.
 
-    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, channels_last: bool) -> None:
+    ``clock``: seconds the run has trained, for a time-limited schedule (see :class:`RunProgress`).
+    """
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, channels_last: bool, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
+        self.clock = clock
         self.model_config = model_config
         self.train_config = train_config
         self.channels_last = channels_last
@@ -117,7 +122,7 @@ class GapLightningModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.train_config.learning_rate)
-        progress = RunProgress(self.train_config, use_clock=self.trainer.world_size == 1)
+        progress = RunProgress(self.train_config, self.clock if self.trainer.world_size == 1 else None)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(progress(step), self.train_config))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
