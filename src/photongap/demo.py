@@ -1,8 +1,8 @@
 """The demo: train on simulated photon-limited real images, denoise held-out ones, show and score.
 
 Ground truth: high-SNR fluorescence images embedded in the package (see
-:mod:`photongap.sample_data`). Training sees only their Poisson-noisy versions at about
-one photon per pixel; the ground truth is used for scoring alone.
+:mod:`photongap.sample_data`). Training sees only their Poisson-noisy versions at the chosen
+photons per pixel (one by default); the ground truth is used for scoring alone.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class DemoResult:
     psnr_noisy: float
     psnr_photongap: float
     psnr_per_image: list[tuple[float, float]]
+
+
+def comparison_titles(photons_per_pixel: float) -> list[str]:
+    """Column titles of the comparison figure, e.g. ``noisy (0.1 photons/px) | photongap | ground truth``."""
+    unit = "photon/px" if photons_per_pixel == 1 else "photons/px"
+    return [f"noisy ({photons_per_pixel:g} {unit})", "photongap", "ground truth"]
 
 
 def run_demo(
@@ -68,7 +74,7 @@ def run_demo(
         write_image(out_dir / "noisy" / f"test_{i:02d}.tif", noisy.astype(np.uint16), "YX", overwrite=True)
         write_image(out_dir / "denoised" / f"test_{i:02d}.tif", estimate, "YX", overwrite=True, description="photongap MMSE, photons")
     scores = [(psnr(c, n), psnr(c, d)) for c, n, d in zip(clean, noisy_test, denoised)]
-    plot_comparison([[n, d, c] for n, d, c in zip(noisy_test[::2], denoised[::2], clean[::2])], ["noisy (1 photon/px)", "photongap", "ground truth"], out_dir / "comparison.png")
+    plot_comparison([[n, d, c] for n, d, c in zip(noisy_test[::2], denoised[::2], clean[::2])], comparison_titles(photons_per_pixel), out_dir / "comparison.png")
     summary = DemoResult(
         out_dir=str(out_dir),
         photons_per_pixel=photons_per_pixel,
