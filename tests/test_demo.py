@@ -34,3 +34,8 @@ def test_a_tiny_demo_writes_its_outputs_at_the_requested_level(tmp_path, capture
     model = GapModel.load(tmp_path / "run" / "model.pt")
     assert model.info["data"]["photons_per_pixel"] == pytest.approx(0.5, rel=0.05)  # trained on the requested level
     assert captured_titles == [["noisy (0.5 photons/px)", "photongap", "ground truth"]]
+
+
+@pytest.mark.parametrize(("photons", "title"), [(1.0, "noisy (1 photon/px)"), (0.1, "noisy (0.1 photons/px)"), (30.0, "noisy (30 photons/px)")])
+def test_the_comparison_names_the_photon_level(photons, title):
+    assert photongap.demo.comparison_titles(photons) == [title, "photongap", "ground truth"]
