@@ -3,9 +3,15 @@ module, and a short training on real noisy data that beats the untrained network
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -17,7 +23,7 @@ from photongap.model import GapModel
 from photongap.modelfile import FORMAT, FORMAT_VERSION
 from photongap.network import GapUNet
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
-from photongap.training import TrainResult, read_metrics, train
+from photongap.training import RunClock, RunProgress, TrainResult, data_statistics, read_metrics, train, trained_range
 
 
 def noisy_images(count: int = 3, shape: tuple[int, int] = (72, 80), level: float = 3.0, seed: int = 0) -> list[np.ndarray]:
@@ -42,6 +48,11 @@ def quick_train(run_dir: Path, tiny_config: ModelConfig, images=None, **changes)
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
     return GapModel.load(path).network.state_dict()
+
+
+def digest(tensors) -> str:
+    return hashlib.sha1(b"".join(t.detach().float().contiguous().numpy().tobytes() for t in tensors)).hexdigest()
+
 
 
 # --- the run folder and the model file ---------------------------------------------------
@@ -143,6 +154,43 @@ def test_a_resumed_run_equals_an_uninterrupted_run(tmp_path, tiny_config, resume
     assert difference == 0.0, f"largest weight difference {difference:.3g}"
 
 
+class RecordPatches(L.Callback):
+    """The digests of the patches of every step: ``{global_step: [digest, ...]}``."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[str]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
+        self.steps[trainer.global_step] = [digest([patch]) for patch in batch]
+
+
+class StopAt(L.Callback):
+    """Stops a run after ``step`` steps, as a time limit does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+@pytest.mark.parametrize(("first_steps", "stop_at"), [(6, None), (10, 3)], ids=["after-a-finished-run", "after-a-stop"])
+def test_a_resumed_run_continues_with_patches_it_had_not_seen(tmp_path, tiny_config, first_steps, stop_at):
+    # No validation and no checkpoint on the way, so Lightning restarts an unfinished epoch: the
+    # case in which it used to end the resumed epoch early and start its patches again.
+    images = noisy_images()
+    first, second = RecordPatches(), RecordPatches()
+    training = quick_config(steps=first_steps, val_fraction=0.0, val_every=1000, batch_size=2)
+    stops = [StopAt(stop_at)] if stop_at else []
+    train(images, tmp_path / "run", model_config=tiny_config, train_config=training, device="cpu", progress=False, callbacks=[first, *stops])
+    done = stop_at or first_steps
+    train(images, tmp_path / "run", resume=True, overrides={"steps": 10}, device="cpu", progress=False, callbacks=[second])
+    assert sorted(first.steps) == list(range(done)) and sorted(second.steps) == list(range(done, 10))
+    stream = PatchDataset(images, patch_size=32, length=20, seed=0)
+    expected = [[digest([stream[2 * step + i]]) for i in range(2)] for step in range(10)]
+    assert [{**first.steps, **second.steps}[step] for step in range(10)] == expected
+
+
 def test_an_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path, tiny_config):
     with pytest.raises(PhotongapError, match="cannot resume.*last.ckpt"):
         quick_train(tmp_path / "fresh", tiny_config, resume=True)
@@ -168,6 +216,208 @@ def test_the_time_limit_stops_early_and_still_saves_the_model(tmp_path, tiny_con
     model = GapModel.load(result.model_path)
     assert model.info["steps_done"] == result.steps
     assert (tmp_path / "run" / "last.ckpt").exists() and (tmp_path / "run" / "loss.png").exists()
+
+
+def test_a_resumed_time_limited_run_anneals_by_the_total_time_limit(tmp_path, tiny_config):
+    # 1.2 s of training, then resumed to a 2.4 s limit: the clock (and so the cosine schedule's
+    # progress) must include the first 1.2 s, as Lightning's timer does when it stops the run.
+    run_dir = tmp_path / "run"
+    first = quick_train(run_dir, tiny_config, steps=1_000_000, val_every=100_000, time_limit_minutes=0.02)
+    assert first.stopped_early
+    second = quick_train(run_dir, tiny_config, steps=1_000_000, val_every=100_000, time_limit_minutes=0.04, resume=True)
+    assert second.stopped_early and second.steps > first.steps
+    assert second.elapsed_s < 0.04 * 60  # Lightning's timer kept the time before the resume
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    factor = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] / quick_config().learning_rate
+    assert factor < 0.15, f"learning rate at {factor:.2f} of its peak at the time limit: the schedule did not anneal"
+    elapsed = [float(row["elapsed_s"]) for row in read_metrics(run_dir / "metrics.csv")]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0.9 * 0.04 * 60
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, tiny_config, monkeypatch):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    run_dir = tmp_path / "run"
+    quick_train(run_dir, tiny_config, steps=2, val_every=2)
+    before = (run_dir / "last.ckpt").read_bytes()
+
+    def failing_save(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        quick_train(run_dir, tiny_config, steps=6, val_every=2, resume=True)
+    assert (run_dir / "last.ckpt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.ckpt", "loss.png", "metrics.csv", "model.pt"]
+
+
+def test_a_failed_config_write_keeps_the_stored_config(tmp_path, tiny_config, monkeypatch):
+    run_dir = tmp_path / "run"
+    quick_train(run_dir, tiny_config, steps=2, val_every=2)
+    stored = (run_dir / "config.yaml").read_text()
+    write_text = Path.write_text
+
+    def half_then_full_disk(path, text, *args, **kwargs):
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        quick_train(run_dir, tiny_config, steps=6, val_every=2, resume=True)
+    assert (run_dir / "config.yaml").read_text() == stored
+    assert not [p.name for p in run_dir.iterdir() if "partial" in p.name]
+
+
+# --- the Python API: photongap.train -------------------------------------------------------
+
+
+def test_photongap_train_on_arrays_and_resume_from_the_stored_config(tmp_path, tiny_config):
+    import photongap
+
+    images = noisy_images()
+    result = photongap.train(images, tmp_path / "run", model_config=tiny_config, train_config=quick_config(steps=4, val_every=2),
+                             device="cpu", progress=False)
+    assert result.steps == 4 and GapModel.load(result.model_path).config == tiny_config
+    # No configuration given: the run continues as stored, not from the default preset.
+    again = photongap.train(images, tmp_path / "run", resume=True, device="cpu", progress=False)
+    model = GapModel.load(again.model_path)
+    assert again.steps == 4 and model.config == tiny_config and model.info["training"] == to_dict(quick_config(steps=4, val_every=2))
+
+
+def test_photongap_train_on_a_folder_of_tiffs_resumes_with_overrides(tmp_path, tiny_config):
+    import tifffile
+
+    import photongap
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, image in enumerate(noisy_images()):
+        tifffile.imwrite(folder / f"cells{i}.tif", image.astype(np.uint16))
+    training = quick_config(steps=4, val_every=2, schedule="constant")
+    first = photongap.train([folder], tmp_path / "run", model_config=tiny_config, train_config=training, device="cpu", progress=False)
+    model = GapModel.load(first.model_path)
+    assert first.steps == 4 and model.info["data"]["images"] == 3 and model.info["preset"] == "custom"
+    second = photongap.train([folder], tmp_path / "run", resume=True, overrides={"steps": 8}, device="cpu", progress=False)
+    model = GapModel.load(second.model_path)
+    assert second.steps == 8 and model.info["steps_done"] == 8 and model.config == tiny_config
+    assert model.info["training"] == to_dict(quick_config(steps=8, val_every=2, schedule="constant"))
+    assert model.info["preset"] == "custom"  # as the run was started
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    assert "steps: 8" in stored and f"start_filters: {tiny_config.start_filters}" in stored
+
+
+def test_a_preset_run_keeps_its_name_and_network_when_resumed(tmp_path):
+    images = noisy_images()
+    small = {"steps": 2, "batch_size": 2, "patch_size": 32, "val_every": 2, "precision": "fp32"}
+    first = train(images, tmp_path / "run", preset="generative", overrides=small, device="cpu", progress=False)
+    model = GapModel.load(first.model_path)
+    assert model.info["preset"] == "generative" and model.config == ModelConfig()
+    assert model.info["training"]["split_mode"] == "absolute" and model.info["trained_range"][0] == -40.0
+    second = train(images, tmp_path / "run", overrides={"steps": 3}, resume=True, device="cpu", progress=False)
+    model = GapModel.load(second.model_path)
+    assert second.steps == 3 and model.info["preset"] == "generative" and model.info["training"]["split_mode"] == "absolute"
+    with pytest.raises(PhotongapError, match="preset applies to new runs") as error:
+        train(images, tmp_path / "run", preset="paper", resume=True, device="cpu", progress=False)
+    with pytest.raises(PhotongapError, match=r"another network: depth 3 \(stored 4\)") as error:
+        train(images, tmp_path / "run", model_config=ModelConfig(depth=3), resume=True, device="cpu", progress=False)
+    assert "\n" not in str(error.value)
+    with pytest.raises(PhotongapError, match="unknown key.*stpes"):
+        train(images, tmp_path / "run", overrides={"stpes": 4}, resume=True, device="cpu", progress=False)
+    assert GapModel.load(second.model_path).info["steps_done"] == 3  # the refused calls changed nothing
+
+
+def test_the_schedule_counts_the_time_before_a_resume():
+    config = TrainConfig(steps=1000, time_limit_minutes=1.0)
+    clock = RunClock()
+    clock.load_state_dict({"elapsed_s": 45.0})  # what a checkpoint of a 45 s session holds
+    assert RunProgress(config, clock)(0) == pytest.approx(0.75, abs=0.01)
+    assert RunProgress(config, clock)(900) == pytest.approx(0.9)
+    assert RunProgress(config)(0) == 0.0  # no clock: the steps alone (the ranks of a distributed run)
+    assert RunClock().state_dict()["elapsed_s"] == 0.0
+
+
+# --- distributed training ----------------------------------------------------------------
+
+DDP_SCRIPT = '''
+import hashlib, json, sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from photongap.config import ModelConfig, TrainConfig
+from photongap.training import train
+
+
+def digest(tensors):
+    return hashlib.sha1(b"".join(t.detach().float().contiguous().numpy().tobytes() for t in tensors)).hexdigest()
+
+
+class Record(L.Callback):
+    """Each rank's patches per step, and its weights after the last step."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index):
+        with open(self.out / f"patches.rank{trainer.global_rank}.jsonl", "a") as file:
+            file.write(json.dumps({"step": trainer.global_step, "patches": [digest([patch]) for patch in batch]}) + "\\n")
+
+    def on_train_end(self, trainer, module):
+        state = module.inference_network.state_dict()
+        final = {"step": trainer.global_step, "weights": digest([state[name] for name in sorted(state)])}
+        (self.out / f"final.rank{trainer.global_rank}.json").write_text(json.dumps(final))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    root, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "resume"
+    images = [np.random.default_rng(seed).poisson(3.0, (72, 80)).astype(np.float32) for seed in range(3)]
+    model_config = ModelConfig(depth=2, start_filters=4, encoding_levels=3)
+    train_config = TrainConfig(steps=steps, batch_size=2, patch_size=16, val_fraction=0.0, val_every=100, precision="fp32")
+    train(images, root / "run", model_config=model_config, train_config=train_config, device="cpu", devices=2,
+          strategy="ddp", progress=False, resume=resume, callbacks=[Record(root)])
+'''
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """Two CPU processes (gloo): 6 steps, then resumed to 10; each rank records its patches and final weights."""
+    root = tmp_path_factory.mktemp("ddp")
+    script = root / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps, how in ((6, "fresh"), (10, "resume")):
+        done = subprocess.run([sys.executable, str(script), str(root), str(steps), how], capture_output=True, text=True, env=environment, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_their_own_patches_and_a_resume_continues_after_them(ddp_run):
+    records = {rank: [json.loads(line) for line in (ddp_run / f"patches.rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)}
+    for rank in (0, 1):
+        assert [row["step"] for row in records[rank]] == list(range(10))  # one batch per step, none again after the resume
+    for first, second in zip(records[0], records[1]):
+        assert not set(first["patches"]) & set(second["patches"]), f"both ranks trained on a patch at step {first['step']}"
+    seen = [patch for rank in (0, 1) for row in records[rank] for patch in row["patches"]]
+    assert len(seen) == len(set(seen)) == 10 * 2 * 2, "a patch was used twice"
+    # Together the ranks drew patches 0 .. steps * batch_size * world_size - 1 of the run's patch stream.
+    images = [np.random.default_rng(seed).poisson(3.0, (72, 80)).astype(np.float32) for seed in range(3)]
+    stream = PatchDataset(images, patch_size=16, length=10 * 2 * 2, seed=0)
+    assert set(seen) == {digest([stream[i]]) for i in range(len(stream))}
+
+
+@pytest.mark.slow
+def test_ddp_saves_rank_zeros_model_after_the_last_step(ddp_run):
+    final = {rank: json.loads((ddp_run / f"final.rank{rank}.json").read_text()) for rank in (0, 1)}
+    assert final[0]["step"] == final[1]["step"] == 10
+    model = GapModel.load(ddp_run / "run" / "model.pt")
+    assert model.info["steps_done"] == 10
+    state = model.network.state_dict()
+    assert digest([state[name] for name in sorted(state)]) == final[0]["weights"]
 
 
 # --- loading model files -----------------------------------------------------------------
@@ -339,3 +589,34 @@ def test_a_short_training_on_real_noisy_data_beats_the_untrained_network(tmp_pat
     assert trained_psnr > untrained_psnr + 1.0, summary
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [int(row["step"]) for row in rows if row["val_loss"]] == [30, 60], rows
+
+
+# --- the trained range --------------------------------------------------------------------
+
+
+def test_data_statistics_record_the_dimmest_and_the_brightest_image():
+    images = [np.full((4, 4), 1.0, np.float32), np.full((2, 8), 10.0, np.float32), np.full((4, 4), 0.1, np.float32)]
+    data = data_statistics(images)
+    assert data["min_image_psnr"] == pytest.approx(-10.0) and data["max_image_psnr"] == pytest.approx(10.0)
+    assert data["pseudo_psnr"] == pytest.approx(10 * math.log10(11.1 / 3))
+
+
+def test_the_trained_range_follows_the_split_mode():
+    data = {"min_image_psnr": -5.0, "max_image_psnr": 3.0}
+    relative = TrainConfig(split_mode="relative", split_min_psnr=-3.0, split_max_psnr=-0.2)
+    assert trained_range(data, relative) == pytest.approx([-8.0, 2.8])
+    assert trained_range(data, TrainConfig(split_mode="relative", split_min_psnr=-3.0, split_max_psnr=2.0)) == pytest.approx([-8.0, 3.0])
+    absolute = TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0)
+    assert trained_range(data, absolute) == pytest.approx([-40.0, 3.0])  # no input brighter than the brightest image
+    assert trained_range(data, TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=0.0)) == pytest.approx([-40.0, 0.0])
+
+
+def test_the_saved_model_records_its_trained_range_and_preset(tmp_path, tiny_config):
+    images = [noisy_images(level=1.0)[0], noisy_images(level=10.0)[0], noisy_images(level=3.0)[0]]
+    result = quick_train(tmp_path / "run", tiny_config, images)
+    info = GapModel.load(result.model_path).info
+    levels = [10 * math.log10(image.mean()) for image in images]
+    assert info["data"]["min_image_psnr"] == pytest.approx(min(levels)) and info["data"]["max_image_psnr"] == pytest.approx(max(levels))
+    assert info["trained_range"] == pytest.approx(trained_range(info["data"], quick_config()))
+    assert info["trained_range"] == pytest.approx([min(levels) - 3.0, max(levels) - 0.2])
+    assert info["preset"] == "custom"

@@ -58,8 +58,15 @@ def train(data: Sequence[Any], out: str | Path, *, axes: str | None = None, gain
     axes, gain, offset
         For files: axes of ambiguous inputs, and camera conversion ``(value - offset) / gain``.
     **options
-        Passed to :func:`photongap.training.train` (``model_config``, ``train_config``,
-        ``device``, ``devices``, ``strategy``, ``resume``, ...).
+        Passed to :func:`photongap.training.train`: ``preset``, ``config_file``,
+        ``model_config``, ``train_config``, ``overrides``, ``resume``, ``device``, ``devices``,
+        ``strategy``, ... With ``resume=True`` the run continues with the configuration
+        stored in ``out``, ``overrides`` (e.g. ``{"steps": 2000}``) over it.
+
+    Examples
+    --------
+    >>> result = photongap.train(["noisy_cells/"], "runs/cells", overrides={"steps": 600})  # doctest: +SKIP
+    >>> result = photongap.train(["noisy_cells/"], "runs/cells", overrides={"steps": 1200}, resume=True)  # doctest: +SKIP
     """
     from photongap.training import train as run
 

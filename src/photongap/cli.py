@@ -96,7 +96,7 @@ def train(
     data: Annotated[list[Path], typer.Argument(help="Noisy photon-count images or folders (TIFF, OME-TIFF, .npy, PNG, Zarr).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: model.pt, last.ckpt, metrics.csv, loss.png.")],
     config: Annotated[Optional[Path], typer.Option(help="YAML with 'model' and 'training' sections; flags override it.")] = None,
-    preset: Annotated[str, typer.Option(help="Starting configuration: default (denoising), generative (sampling and generation: every photon level) or paper (the published one).")] = "default",
+    preset: Annotated[Optional[str], typer.Option(help="Starting configuration of a new run: default (denoising), generative (sampling and generation: every photon level) or paper (the published one) [default: default].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
     patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels.")] = None,
@@ -116,39 +116,25 @@ def train(
     axes: AxesOption = None,
 ) -> None:
     """Train a GAP model on noisy photon counts alone (self-supervised)."""
-    from photongap import config as configs
     from photongap.io import find_images
     from photongap.pipeline import training_planes
     from photongap.training import train as run_training
 
-    saved = out / "config.yaml"
-    base = configs.preset(preset)
-    if resume and saved.exists():
-        base = configs.load_yaml(saved, base)
-    model_config, train_config = configs.load_yaml(config, base) if config else base
-    train_config = configs.override(
-        train_config,
-        steps=steps,
-        batch_size=batch_size,
-        patch_size=patch_size,
-        learning_rate=learning_rate,
-        time_limit_minutes=time_limit,
-        val_fraction=val_fraction,
-        seed=seed,
-        precision=precision,
-    )
     planes, names = training_planes(find_images(data), axes, _camera(gain, offset, calibration))
+    overrides = dict(steps=steps, batch_size=batch_size, patch_size=patch_size, learning_rate=learning_rate, time_limit_minutes=time_limit,
+                     val_fraction=val_fraction, seed=seed, precision=precision)
     result = run_training(
         planes,
         out,
-        model_config=model_config,
-        train_config=train_config,
+        preset=preset,
+        config_file=config,
+        overrides=overrides,
+        resume=resume,
         names=names,
         device=device.value,
         devices=int(devices) if devices.isdigit() else devices,
         num_nodes=num_nodes,
         strategy=strategy,
-        resume=resume,
     )
     if result.main_process and result.model_path.exists():
         how = "stopped at the time limit" if result.stopped_early else "done"

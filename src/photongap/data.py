@@ -25,19 +25,23 @@ def augment(patch: np.ndarray, symmetry: int) -> np.ndarray:
 
 
 class PatchDataset(Dataset):
-    """``length`` random square patches from a set of 2D count images, numbered from ``start``.
+    """``length`` random square patches from a set of 2D count images: one rank's share of a run's stream.
 
     Images are drawn in proportion to their area, the position uniformly, the symmetry
-    uniformly among 8. Item ``i`` is ``(1, P, P)`` float32 and depends only on
-    ``(seed, start + i)``, so a resumed run continues with the patches it had not seen.
+    uniformly among 8. Item ``i`` is ``(1, P, P)`` float32, patch number
+    ``n = start + i * world_size + rank`` of the stream, and depends only on ``(seed, n)``:
+    the ranks of a distributed run interleave, each drawing its own patches, and a resumed
+    run continues with the patches it had not seen.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], patch_size: int, length: int, seed: int, start: int = 0) -> None:
+    def __init__(self, images: Sequence[np.ndarray], patch_size: int, length: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.images = list(images)
         self.patch_size = patch_size
         self.length = length
         self.seed = seed
         self.start = start
+        self.rank = rank
+        self.world_size = world_size
         areas = np.array([image.size for image in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
 
@@ -45,7 +49,7 @@ class PatchDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, self.start + index])
+        rng = np.random.default_rng([self.seed, self.start + index * self.world_size + self.rank])
         image = self.images[rng.choice(len(self.images), p=self.weights)]
         y = rng.integers(0, image.shape[0] - self.patch_size + 1)
         x = rng.integers(0, image.shape[1] - self.patch_size + 1)
@@ -128,9 +132,21 @@ class GapDataModule(L.LightningDataModule):
             self.val_split = split_counts(counts, fraction, generator)
 
     def train_dataloader(self) -> DataLoader:
-        # Called after a checkpoint is restored: a resumed run starts at the patches it had not seen.
-        done = self.trainer.global_step * self.batch_size if self.trainer is not None else 0
-        patches = PatchDataset(self.train_images, self.patch_size, max(self.steps * self.batch_size - done, self.batch_size), self.seed, start=done)
+        """This rank's patches for the rest of the run, as one epoch.
+
+        Called after a checkpoint is restored. Every rank draws its own patches (the stream is
+        interleaved by rank, so the Trainer must not add a distributed sampler), and a resumed
+        run starts after the ``global_step * batch_size * world_size`` patches all ranks used.
+        The epoch keeps the length of the whole run: Lightning, restarting mid-epoch, counts the
+        batches it had fetched before the checkpoint into this one, and would otherwise end it
+        early and start it again from its first patches.
+        """
+        trainer = self.trainer
+        done, rank, world_size = (trainer.global_step, trainer.global_rank, trainer.world_size) if trainer is not None else (0, 0, 1)
+        patches = PatchDataset(
+            self.train_images, self.patch_size, self.steps * self.batch_size, self.seed,
+            start=done * self.batch_size * world_size, rank=rank, world_size=world_size,
+        )
         return DataLoader(patches, batch_size=self.batch_size, shuffle=False, num_workers=0, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

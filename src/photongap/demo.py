@@ -1,8 +1,8 @@
 """The demo: train on simulated photon-limited real images, denoise held-out ones, show and score.
 
 Ground truth: high-SNR fluorescence images embedded in the package (see
-:mod:`photongap.sample_data`). Training sees only their Poisson-noisy versions at about
-one photon per pixel; the ground truth is used for scoring alone.
+:mod:`photongap.sample_data`). Training sees only their Poisson-noisy versions at the chosen
+photons per pixel (one by default); the ground truth is used for scoring alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from photongap.config import override, preset
 from photongap.io import write_image
 from photongap.model import GapModel
 from photongap.plotting import plot_comparison
@@ -34,6 +33,12 @@ class DemoResult:
     psnr_noisy: float
     psnr_photongap: float
     psnr_per_image: list[tuple[float, float]]
+
+
+def comparison_titles(photons_per_pixel: float) -> list[str]:
+    """Column titles of the comparison figure, e.g. ``noisy (0.1 photons/px) | photongap | ground truth``."""
+    unit = "photon/px" if photons_per_pixel == 1 else "photons/px"
+    return [f"noisy ({photons_per_pixel:g} {unit})", "photongap", "ground truth"]
 
 
 def run_demo(
@@ -60,9 +65,8 @@ def run_demo(
     clean = [clean_at_level(image, photons_per_pixel) for image in data.test]
     noisy_test = [rng.poisson(image).astype(np.float32) for image in clean]
 
-    model_config, train_config = preset("default")
-    train_config = override(train_config, steps=steps, time_limit_minutes=minutes, seed=seed)
-    result = train(noisy_train, out_dir / "run", model_config=model_config, train_config=train_config, device=device, progress=progress)
+    overrides = {"steps": steps, "time_limit_minutes": minutes, "seed": seed}
+    result = train(noisy_train, out_dir / "run", preset="default", overrides=overrides, device=device, progress=progress)
 
     model = GapModel.load(result.model_path)
     denoised = [model.denoise(image, device=device) for image in noisy_test]
@@ -70,7 +74,7 @@ def run_demo(
         write_image(out_dir / "noisy" / f"test_{i:02d}.tif", noisy.astype(np.uint16), "YX", overwrite=True)
         write_image(out_dir / "denoised" / f"test_{i:02d}.tif", estimate, "YX", overwrite=True, description="photongap MMSE, photons")
     scores = [(psnr(c, n), psnr(c, d)) for c, n, d in zip(clean, noisy_test, denoised)]
-    plot_comparison([[n, d, c] for n, d, c in zip(noisy_test[::2], denoised[::2], clean[::2])], ["noisy (1 photon/px)", "photongap", "ground truth"], out_dir / "comparison.png")
+    plot_comparison([[n, d, c] for n, d, c in zip(noisy_test[::2], denoised[::2], clean[::2])], comparison_titles(photons_per_pixel), out_dir / "comparison.png")
     summary = DemoResult(
         out_dir=str(out_dir),
         photons_per_pixel=photons_per_pixel,
