@@ -18,11 +18,11 @@ from photongap.calibration import (
     fit_photon_transfer,
     photon_transfer_from_image,
     photon_transfer_from_stack,
-    plot_photon_transfer,
     saturation_level,
     simulate_camera,
 )
 from photongap.errors import PhotongapError
+from photongap.plotting import plot_photon_transfer
 from photongap.sample_data import clean_at_level, load_sample_data
 
 GAINS = (0.5, 2.0, 5.0)
