@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
+import tifffile
 
 from photongap.calibration import (
     Calibration,
@@ -14,11 +18,12 @@ from photongap.calibration import (
     fit_photon_transfer,
     photon_transfer_from_image,
     photon_transfer_from_stack,
-    plot_photon_transfer,
     saturation_level,
     simulate_camera,
 )
 from photongap.errors import PhotongapError
+from photongap.plotting import plot_photon_transfer
+from photongap.sample_data import clean_at_level, load_sample_data
 
 GAINS = (0.5, 2.0, 5.0)
 OFFSETS = (100.0, 1000.0)
@@ -382,3 +387,77 @@ def test_plot_writes_a_png(tmp_path):
     plot_photon_transfer(fit.photon_transfer, quiet(calibrate, frames), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["ptc.png"]
+
+
+# A photon-number-resolving camera (qCMOS-like): 7.9 ADU per photon, 2.5 ADU (0.32 photon) read noise.
+HIGH_GAIN = {"gain": 7.9, "offset": 2000.0}
+
+
+def real_scene(name: str, photons_per_pixel: float) -> np.ndarray:
+    """A real fluorescence image of the sample data as photons per pixel: cells or nuclei."""
+    data = load_sample_data()
+    return clean_at_level({"cells": data.train[0], "nuclei": data.train[-1]}[name], photons_per_pixel)
+
+
+@pytest.mark.parametrize(("scene_name", "seed"), [("cells", 0), ("nuclei", 1)])
+def test_high_gain_read_noise_below_one_photon_is_measured(scene_name, seed):
+    frames = simulate_camera(real_scene(scene_name, 60.0), **HIGH_GAIN, read_noise=2.5, n_frames=40, generator=np.random.default_rng(seed))
+    calibration = calibrate(frames)
+    truth = float(np.sqrt(2.5**2 + 1.0 / 12.0))
+    assert calibration.gain == pytest.approx(7.9, rel=0.01)
+    assert calibration.read_noise > 0.0
+    assert abs(calibration.read_noise - truth) <= 3.0 * calibration.read_noise_uncertainty
+    assert calibration.read_noise_uncertainty < 0.1 * truth  # resolved, not merely bounded
+    assert calibration.read_noise_upper is None
+    assert abs(calibration.offset - 2000.0) <= max(0.5, 3.0 * calibration.offset_uncertainty)
+    assert calibration.offset_uncertainty < 7.9 / 5  # a fifth of a photon
+    if scene_name == "cells":
+        assert calibration.offset == pytest.approx(2000.0, abs=0.5)
+
+
+@pytest.mark.parametrize("read_noise", [0.8, 1.5, 2.5])
+def test_photon_comb_gives_read_noise_at_high_gain(read_noise):
+    generator = np.random.default_rng([int(read_noise * 10), 21])
+    scene = cell_scene((96, 96), 2.0, 200.0, generator)
+    frames = simulate_camera(scene, **HIGH_GAIN, read_noise=read_noise, n_frames=20, generator=generator)
+    calibration = calibrate(frames)
+    truth = float(np.sqrt(read_noise**2 + 1.0 / 12.0))
+    assert abs(calibration.read_noise - truth) <= max(3.0 * calibration.read_noise_uncertainty, 0.02 * truth)
+    assert calibration.read_noise_uncertainty < 0.1 * truth
+    assert calibration.details["read_noise_source"] == "photon comb"
+    assert calibration.offset == pytest.approx(2000.0, abs=max(1.0, 3.0 * calibration.offset_uncertainty))
+
+
+def test_unresolved_read_noise_is_reported_with_an_upper_bound():
+    # 5 ADU of read noise is 25 ADU^2 under 7.9 * 7.9 * 60 ADU^2 of photon noise; few dim
+    # pixels place the offset to ~5 ADU, i.e. the read variance to ~40 ADU^2: only a bound.
+    frames = simulate_camera(real_scene("nuclei", 60.0), **HIGH_GAIN, read_noise=5.0, n_frames=40, generator=np.random.default_rng(1))
+    with pytest.warns(UserWarning, match="below what the data can resolve"):
+        calibration = calibrate(frames)
+    assert calibration.read_noise_upper is not None
+    assert calibration.read_noise <= calibration.read_noise_upper
+    assert calibration.read_noise_upper >= np.sqrt(5.0**2 + 1.0 / 12.0)
+    assert calibration.details["read_noise_resolved"] is False
+    assert Calibration.from_json(calibration.to_json()) == calibration
+
+
+def test_calibrate_command_end_to_end(tmp_path):
+    generator = np.random.default_rng(22)
+    frames = simulate_camera(
+        cell_scene((96, 96), 2.0, 200.0, generator), gain=2.0, offset=100.0, read_noise=3.2, n_frames=20, generator=generator
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", frames)
+    command = [sys.executable, "-m", "photongap.cli", "calibrate", "stack.tif", "-o", "cal.json", "--plot", "ptc.png"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=240)
+    assert first.returncode == 0, first.stderr
+    assert "read noise" in first.stdout + first.stderr
+    payload = json.loads((tmp_path / "cal.json").read_text())
+    assert payload["gain"] == pytest.approx(2.0, rel=0.05) and payload["offset"] == pytest.approx(100.0, abs=1.0)
+    assert payload["method"] == "stack"
+    assert (tmp_path / "ptc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=240)
+    assert again.returncode == 2
+    lines = [line for line in (again.stdout + again.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "already exists" in lines[0] and "--overwrite" in lines[0]
+    assert "Traceback" not in again.stderr

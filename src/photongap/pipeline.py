@@ -246,7 +246,8 @@ def calibrate_files(inputs: Sequence[Path], *, dark: Sequence[Path] | None = Non
     pixel over time; a single image uses its flat regions. ``plot`` draws the photon
     transfer curve with the fit.
     """
-    from photongap.calibration import calibrate, photon_transfer_from_image, photon_transfer_from_stack, plot_photon_transfer
+    from photongap.calibration import calibrate, photon_transfer_from_image, photon_transfer_from_stack
+    from photongap.plotting import plot_photon_transfer
     from photongap.io import find_images
 
     data = _stacked(find_images(inputs), axes)

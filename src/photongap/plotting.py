@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from photongap.io import atomic_output
+
+if TYPE_CHECKING:
+    from photongap.calibration import Calibration, PhotonTransfer
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -56,3 +60,40 @@ def plot_comparison(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str],
                 axes.set_title(titles[c])
     figure.tight_layout()
     _save(figure, Path(path))
+
+
+def plot_photon_transfer(ptc: PhotonTransfer, calibration: Calibration, path: str | Path) -> None:
+    """PNG of the photon transfer curve: binned variance against mean, the fitted line, the values.
+
+    Bins in ``ptc.used`` are drawn as dots, rejected ones as red crosses; pass
+    ``fit_photon_transfer(ptc).photon_transfer`` to show what the fit kept.
+    """
+    figure = Figure(figsize=(7.0, 5.0), dpi=120, layout="constrained")
+    axes = figure.add_subplot()
+    for mask, style, label in ((ptc.used, {"fmt": "o", "color": "C0"}, "used"), (~ptc.used, {"fmt": "x", "color": "C3"}, "rejected")):
+        if mask.any():
+            axes.errorbar(
+                ptc.mean[mask], ptc.variance[mask], yerr=ptc.variance_error[mask], ms=4, capsize=2, label=f"{label} ({mask.sum()} bins)", **style
+            )
+    line = np.linspace(min(calibration.offset, ptc.mean.min()), ptc.mean.max(), 200)
+    model = calibration.gain * (line - calibration.offset) + calibration.read_noise**2
+    axes.plot(line, model, "k-", label="gain·(mean − offset) + read noise²")
+    axes.axvline(calibration.offset, color="0.6", linestyle=":", label="offset")
+    if calibration.read_noise_upper is None:
+        read_noise = f"= {calibration.read_noise:.3g} ± {calibration.read_noise_uncertainty:.2g} ADU"
+    else:
+        read_noise = f"< {calibration.read_noise_upper:.3g} ADU (unresolved, best guess {calibration.read_noise:.3g})"
+    text = (
+        f"gain       = {calibration.gain:.4g} ± {calibration.gain_uncertainty:.2g} ADU/photon\n"
+        f"offset     = {calibration.offset:.2f} ± {calibration.offset_uncertainty:.2g} ADU\n"
+        f"read noise {read_noise}\n"
+        f"method: {calibration.method}, read noise from {calibration.details.get('read_noise_source', 'dark frames')}"
+    )
+    box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.9}
+    axes.text(0.02, 0.98, text, transform=axes.transAxes, va="top", ha="left", family="monospace", fontsize=9, bbox=box)
+    axes.set_xlabel("mean signal (ADU)")
+    axes.set_ylabel("noise variance (ADU²)")
+    axes.set_title("Photon transfer curve")
+    axes.legend(loc="lower right", fontsize=8)
+    _save(figure, Path(path))
+
