@@ -25,8 +25,8 @@ from photongap.calibration import (
     fit_photon_transfer,
     photon_transfer_from_image,
     photon_transfer_from_stack,
-    plot_photon_transfer,
 )
+from photongap.plotting import plot_photon_transfer
 
 
 def main() -> None:

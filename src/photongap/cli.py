@@ -385,9 +385,13 @@ def calibrate(
     check_new_outputs([out], overwrite)
     result = calibrate_files(inputs, dark=dark, axes=axes, plot=plot)
     result.save(out)
+    if result.read_noise_upper is not None:
+        read_noise = f"read noise < {result.read_noise_upper:.3g} ADU (not resolved; best guess {result.read_noise:.3g} ADU, dark frames would measure it)"
+    else:
+        read_noise = f"read noise {result.read_noise:.3g} ± {result.read_noise_uncertainty:.2g} ADU"
     console.print(
         f"gain {result.gain:.4g} ± {result.gain_uncertainty:.2g} ADU/photon, offset {result.offset:.1f} ± {result.offset_uncertainty:.1f} ADU, "
-        f"read noise {result.read_noise:.3g} ± {result.read_noise_uncertainty:.2g} ADU ({result.method}) -> {out}"
+        f"{read_noise} ({result.method}) -> {out}"
     )
 
 
