@@ -50,7 +50,7 @@ from common import OUTPUT, ContiguousModel, demo_split, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.sample_data import psnr
-from photongap.config import PhotonSchedule
+from photongap.schedule import PhotonSchedule
 
 # "model": which trained model (a preset); "samples": per call of GapModel.sample; "batch":
 # images per network call (None: the default).

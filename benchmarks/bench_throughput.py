@@ -6,8 +6,12 @@ baseline; against photongap's default network (depth 4, 16 filters doubling to 1
 weights) in channels_last layout, in fp32 and in bf16 autocast.
 Training: one full optimiser step (split on the batch, forward, photon loss, backward,
 Adam) at batch 16 of 64 px patches. Denoising: `GapModel.denoise` on 256 and 512 px images
-and a tiled 2048 px image (tile 512, overlap 64), one image or tile per network call on the
-CPU (photongap's default there).
+and a tiled 2048 px image (tile 512, each tile with the network's receptive field of context),
+one image or tile per network call on the CPU (photongap's default there).
+Start-up: wall time of `python -c "import torch"` (the floor) and of whole `photongap denoise`
+commands with the default network in fresh processes: on a 64 px image (almost all start-up,
+an upper bound on the time to the first tile) and on a 2048 px TIFF (against the tiling loop
+alone above).
 
     .venv/bin/python benchmarks/bench_throughput.py [--repeats 7]
 """
@@ -15,8 +19,15 @@ CPU (photongap's default there).
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 
 from common import ContiguousModel, median_time, report
@@ -54,7 +65,37 @@ def denoise_seconds(network: str, precision: str, size: int, repeats: int) -> fl
     model = (ContiguousModel if network == "published" else GapModel)(GapUNet(config).eval(), config)
     counts = np.random.default_rng(0).poisson(1.0, (size, size)).astype(np.float32)
     tile = 512 if size > 512 else None
-    return median_time(lambda: model.denoise(counts, tile=tile, overlap=64, precision=precision, device="cpu"), repeats)
+    return median_time(lambda: model.denoise(counts, tile=tile, precision=precision, device="cpu"), repeats)
+
+
+def command_seconds(args: list[str], repeats: int) -> float:
+    """Median wall time of a command in a fresh process (start-up included)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def startup(repeats: int) -> dict:
+    """Start-up of the command line: torch's import alone, then whole denoise commands."""
+    photongap = str(Path(sys.executable).with_name("photongap"))
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        torch.manual_seed(0)
+        GapModel(GapUNet(ModelConfig()).eval(), ModelConfig()).save(root / "model.pt")
+        rng = np.random.default_rng(0)
+        for size in (64, 2048):
+            tifffile.imwrite(root / f"image{size}.tif", rng.poisson(1.0, (size, size)).astype(np.uint16))
+        results = {"import_torch_s": command_seconds([sys.executable, "-c", "import torch"], repeats)}
+        for size in (64, 2048):
+            run = [photongap, "denoise", str(root / "model.pt"), str(root / f"image{size}.tif"), "-o", str(root / f"out{size}.tif"), "--overwrite"]
+            seconds = command_seconds(run, repeats if size == 64 else max(1, repeats // 3))
+            results[f"denoise_{size}px_command_s"] = seconds
+            if size == 2048:
+                results["denoise_2048px_command_megapixels_per_s"] = size * size / seconds / 1e6
+    return {key: round(value, 3) for key, value in results.items()}
 
 
 def main() -> None:
@@ -75,6 +116,7 @@ def main() -> None:
                 "megapixels_per_s": round(size * size / seconds / 1e6, 2),
                 "speedup_vs_published_fp32": round(baseline / seconds, 2),
             }
+    results["startup"] = startup(args.repeats)
     report("throughput", results)
 
 

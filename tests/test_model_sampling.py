@@ -11,7 +11,7 @@ import torch
 
 from photongap.errors import PhotongapError
 from photongap.runtime import batch_size_for
-from photongap.config import PhotonSchedule
+from photongap.schedule import PhotonSchedule
 from photongap.sampling import StepState
 
 
@@ -148,7 +148,7 @@ def test_the_trained_range_of_files_without_it_is_derived_from_the_training_reco
 
 
 def test_sampling_defaults_to_the_fast_dispersed_schedule(tiny_model, poisson_image):
-    from photongap.config import FAST_SCHEDULE
+    from photongap.schedule import FAST_SCHEDULE
     from photongap.sampling import expected_network_calls
 
     counts = poisson_image((32, 32), 1.0)

@@ -16,7 +16,6 @@ import torch
 
 from photongap.calibration import simulate_camera
 from photongap.config import ModelConfig
-from photongap.errors import PhotongapError
 from photongap.io import read_image, write_image
 from photongap.model import GapModel
 from photongap.network import GapUNet
@@ -68,13 +67,15 @@ def test_denoise_file_subtracts_the_shift(tmp_path, read_noise_frame, tiny_untra
 def test_sample_file_subtracts_the_shift_from_samples_and_mean(tmp_path, read_noise_frame, tiny_untrained_model):
     image, clean, camera = read_noise_frame
     counts = CountsView(image.data, camera, "frame")[:, :]
+    targets = [tmp_path / f"frame_{kind}.tif" for kind in ("samples", "mean", "std")]
     samples_path, mean_path, std_path = sample_file(
-        tiny_untrained_model, image, tmp_path, n=2, camera=camera, target_psnr=12.0, device="cpu", precision="fp32"
+        tiny_untrained_model, image, targets, n=2, camera=camera, target_psnr=12.0, device="cpu", precision="fp32"
     )[0]
     samples = np.asarray(read_image(samples_path).data, dtype=np.float64)
     mean = np.asarray(read_image(mean_path).data, dtype=np.float64)
     std = np.asarray(read_image(std_path).data, dtype=np.float64)
-    for sample in samples:  # each sample holds the input's photons, less the shift
-        assert sample.mean() == pytest.approx(counts.mean(dtype=np.float64) - camera.shift, abs=1e-3)
+    # The library's samples of the shifted counts, with the shift taken off again.
+    expected = tiny_untrained_model.sample(counts, n=2, target_psnr=12.0, device="cpu", precision="fp32").samples - camera.shift
+    np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mean, samples.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(std, samples.std(axis=0, ddof=1), rtol=1e-4, atol=1e-4)

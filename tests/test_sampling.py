@@ -12,8 +12,9 @@ from photongap.config import ModelConfig
 from photongap.errors import PhotongapError
 from photongap.network import GapUNet
 from photongap.physics import photons_for_psnr, pseudo_psnr
+from photongap.schedule import PhotonSchedule
 from photongap.sampling import (
-    PhotonSchedule,
+
     SamplingResult,
     StepState,
     StopRule,

@@ -10,7 +10,6 @@ import torch
 from photongap.config import ModelConfig
 from photongap.errors import PhotongapError
 from photongap.network import receptive_radius
-from photongap.physics import mmse_from_logits
 from photongap.tiling import image_log_normaliser, mmse_image, padded, plan_tiles, predict_logits, tile_margin, tiled
 
 

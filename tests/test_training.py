@@ -77,7 +77,6 @@ def test_a_short_run_writes_the_run_folder_and_a_usable_model(tmp_path, tiny_con
     assert model.info["data"]["photons_per_pixel"] == pytest.approx(np.mean(images), rel=1e-6)
     denoised = model.denoise(images[0], device="cpu", precision="fp32")
     assert denoised.shape == images[0].shape and np.isfinite(denoised).all()
-    assert float(denoised.sum(dtype=np.float64)) == pytest.approx(float(images[0].sum()), rel=1e-5)
 
 
 

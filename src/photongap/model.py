@@ -18,21 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from photongap.config import (
-    DEFAULT_OVERLAP,
-    DEFAULT_SAMPLE_TILE,
-    DEFAULT_TARGET_PSNR,
-    DEFAULT_TILE,
-    FAST_SCHEDULE,
-    PUBLISHED_SCHEDULE,
-    ModelConfig,
-    PhotonSchedule,
-    Precision,
-)
+from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, ModelConfig, Precision
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model
 from photongap.network import receptive_radius
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
+from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import PosteriorSamples, StepState, StopRule, accumulate_photons, generate
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles
 
@@ -225,8 +216,8 @@ class GapModel:
         target_psnr, target_photons
             Stop when the accumulated image reaches this pseudo-PSNR (dB) or photon total.
         schedule : PhotonSchedule
-            Photons per step and how they are drawn. Default: :data:`photongap.config.FAST_SCHEDULE`
-            (6 network calls from 1 to 100 photons/px); :data:`~photongap.config.PUBLISHED_SCHEDULE`
+            Photons per step and how they are drawn. Default: :data:`photongap.schedule.FAST_SCHEDULE`
+            (6 network calls from 1 to 100 photons/px); :data:`~photongap.schedule.PUBLISHED_SCHEDULE`
             is the published one (beta 0.1, 50 calls).
         seed : int
             Same seed, same samples on the same device.

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from photongap.config import DEFAULT_OVERLAP
-from photongap.errors import PhotongapError
 from photongap.physics import log_normaliser, mmse_from_logits
 from photongap.runtime import LogitsFn
 

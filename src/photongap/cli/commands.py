@@ -1,94 +1,39 @@
-"""The ``photongap`` command: parse options, build configs, call the library. No logic lives here."""
+"""The ``photongap`` commands: parse options, build configs, call the library. No logic lives here."""
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from photongap import config as defaults
-from photongap.errors import PhotongapError
-
-app = typer.Typer(
-    help="Remove shot noise from photon-limited images with GAP (Generative Accumulation of Photons).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from photongap import schedule as schedules
+from photongap.cli.app import (
+    AxesOption,
+    BetaMaxOption,
+    CalibrationOption,
+    Device,
+    DeviceOption,
+    DispersionOption,
+    GainOption,
+    OffsetOption,
+    OverlapOption,
+    OverwriteOption,
+    Precision,
+    PrecisionOption,
+    TargetPsnrOption,
+    TileOption,
+    Units,
+    app,
+    beta_max_default,
+    camera_from_options,
+    console,
+    progress_bar,
+    sampling_progress,
+    schedule_from_options,
 )
-console = Console(stderr=True)
-_state = {"debug": False}
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Units(str, Enum):
-    photons = "photons"
-    adu = "adu"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto (CUDA if available), cpu or cuda.")]
-GainOption = Annotated[Optional[float], typer.Option(help="Camera gain in ADU per photon: counts = (value - offset) / gain.")]
-OffsetOption = Annotated[Optional[float], typer.Option(help="Camera offset in ADU (see --gain).")]
-CalibrationOption = Annotated[Optional[Path], typer.Option(help="calibration.json from 'photongap calibrate' (gain and offset).")]
-AxesOption = Annotated[Optional[str], typer.Option(help="Axes of ambiguous inputs, one letter of TCZYX per dimension, e.g. TYX.")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-PrecisionOption = Annotated[Precision, typer.Option(help="auto (bf16 where the hardware has it: GPUs, CPUs with AMX or AVX-512 BF16), fp32 or bf16.")]
-TileOption = Annotated[int, typer.Option(help="Tile side in pixels; 0 = whole planes at once. Tiles keep the network's receptive field as context, so results do not depend on it.")]
-OverlapOption = Annotated[int, typer.Option(help="Extra context shared by neighbouring tiles beyond the network's receptive field, in pixels.")]
-BetaMaxOption = Annotated[
-    Optional[str], typer.Option(help="Let beta grow up to this once the image is bright; 'none' keeps beta fixed (the published loop: --beta 0.1 --beta-max none --dispersion 0).")
-]
-TargetPsnrOption = Annotated[float, typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons (20 dB: 100 photons/px).")]
-DispersionOption = Annotated[
-    float,
-    typer.Option(help="Give each step's photons the spread a pixel-wise posterior adds within the step (0: published Poisson draw, 1: full); keeps large steps from narrowing the samples."),
-]
-
-
-@app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
-    _state["debug"] = debug
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _camera(gain: float | None, offset: float | None, calibration: Path | None):
-    from photongap.camera import Camera
-
-    if calibration is None:
-        return Camera(gain=gain, offset=offset)
-    if gain is not None or offset is not None:
-        raise PhotongapError("give either --calibration or --gain/--offset, not both")
-    return Camera.from_calibration(calibration)
+from photongap.errors import PhotongapError
 
 
 @app.command()
@@ -120,7 +65,7 @@ def train(
     from photongap.pipeline import training_planes
     from photongap.training import train as run_training
 
-    planes, names = training_planes(find_images(data), axes, _camera(gain, offset, calibration))
+    planes, names = training_planes(find_images(data), axes, camera_from_options(gain, offset, calibration))
     overrides = dict(steps=steps, batch_size=batch_size, patch_size=patch_size, learning_rate=learning_rate, time_limit_minutes=time_limit,
                      val_fraction=val_fraction, seed=seed, precision=precision)
     result = run_training(
@@ -167,7 +112,7 @@ def denoise(
     from photongap.pipeline import DenoiseJob, denoise_file, denoise_files, read_images, total_tiles
     from photongap.runtime import resolve_device
 
-    camera = _camera(gain, offset, calibration)
+    camera = camera_from_options(gain, offset, calibration)
     resolve_device(device.value)
     if devices < 1:
         raise PhotongapError(f"--devices must be at least 1, got {devices}")
@@ -177,7 +122,7 @@ def denoise(
     targets = output_paths(paths, out)
     check_new_outputs(targets, overwrite)
     options = dict(camera=camera, output_units=output_units.value, tile=tile or None, overlap=overlap, batch_size=batch_size, precision=precision.value, overwrite=overwrite)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("denoising", total=total_tiles(network, images, tile or None, overlap), status="tiles")
         processes = min(devices, len(images))
         if processes > 1:
@@ -191,46 +136,17 @@ def denoise(
     console.print(f"[green]denoised[/] {len(images)} image(s) into {out}" + (f" with {processes} processes" if processes > 1 else ""))
 
 
-def _schedule(beta: float, beta_max: str | None, dispersion: float) -> defaults.PhotonSchedule:
-    if beta_max is None or beta_max.strip().lower() == "none":
-        ceiling = None
-    else:
-        try:
-            ceiling = float(beta_max)
-        except ValueError:
-            raise PhotongapError(f"--beta-max must be a number or 'none', got {beta_max!r}") from None
-    return defaults.PhotonSchedule(beta=beta, beta_max=ceiling, dispersion=dispersion)
-
-
-def _beta_max_default(schedule: defaults.PhotonSchedule) -> str:
-    return "none" if schedule.beta_max is None else f"{schedule.beta_max:g}"
-
-
-@contextlib.contextmanager
-def _sampling_progress(label: str, target_psnr: float | None) -> Iterator:
-    """A progress bar over sampling steps showing photons per pixel; yields an on_step callback."""
-    with _progress() as progress:
-        task = progress.add_task(label, total=None, status="")
-
-        def on_step(state) -> None:
-            level = float(state.photons_per_pixel.min())
-            goal = f" / {10 ** (target_psnr / 10):.3g}" if target_psnr is not None else ""
-            progress.update(task, completed=state.step, status=f"{level:.3g}{goal} photons/px")
-
-        yield on_step
-
-
 @app.command()
 def sample(
     model: Annotated[Path, typer.Argument(help="model.pt from 'photongap train'.")],
     inputs: Annotated[list[Path], typer.Argument(help="Noisy images or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
-    target_psnr: TargetPsnrOption = defaults.DEFAULT_TARGET_PSNR,
+    target_psnr: TargetPsnrOption = schedules.DEFAULT_TARGET_PSNR,
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
-    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = defaults.FAST_SCHEDULE.beta,
-    beta_max: BetaMaxOption = _beta_max_default(defaults.FAST_SCHEDULE),
-    dispersion: DispersionOption = defaults.FAST_SCHEDULE.dispersion,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = schedules.FAST_SCHEDULE.beta,
+    beta_max: BetaMaxOption = beta_max_default(schedules.FAST_SCHEDULE),
+    dispersion: DispersionOption = schedules.FAST_SCHEDULE.dispersion,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,
@@ -253,8 +169,8 @@ def sample(
 
     if target_photons is not None:
         target_psnr = None
-    camera = _camera(gain, offset, calibration)
-    schedule = _schedule(beta, beta_max, dispersion)
+    camera = camera_from_options(gain, offset, calibration)
+    schedule = schedule_from_options(beta, beta_max, dispersion)
     paths = find_images(inputs)
     targets = output_paths(paths, out, ("_samples", "_mean", "_std"), extension=".tif")
     check_new_outputs([path for group in targets for path in group], overwrite)
@@ -262,13 +178,7 @@ def sample(
     images = read_images(paths, axes, camera)
     recorder = MovieRecorder() if movie else None
     for number, (image, outputs) in enumerate(zip(images, targets)):
-        with _sampling_progress(f"sampling {image.path.name}", target_psnr) as on_step:
-
-            def step(state, record=recorder is not None and number == 0) -> None:
-                on_step(state)
-                if record:
-                    recorder(state)
-
+        with sampling_progress(f"sampling {image.path.name}", target_psnr, recorder if number == 0 else None) as on_step:
             written, calls = sample_file(
                 network,
                 image,
@@ -285,7 +195,7 @@ def sample(
                 tile=tile or None,
                 device=device.value,
                 precision=precision.value,
-                on_step=step,
+                on_step=on_step,
             )
         console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
     if recorder is not None:
@@ -299,10 +209,10 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
     size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
     n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,
-    target_psnr: TargetPsnrOption = defaults.DEFAULT_TARGET_PSNR,
-    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = defaults.PUBLISHED_SCHEDULE.beta,
-    beta_max: BetaMaxOption = _beta_max_default(defaults.PUBLISHED_SCHEDULE),
-    dispersion: DispersionOption = defaults.PUBLISHED_SCHEDULE.dispersion,
+    target_psnr: TargetPsnrOption = schedules.DEFAULT_TARGET_PSNR,
+    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = schedules.PUBLISHED_SCHEDULE.beta,
+    beta_max: BetaMaxOption = beta_max_default(schedules.PUBLISHED_SCHEDULE),
+    dispersion: DispersionOption = schedules.PUBLISHED_SCHEDULE.dispersion,
     seed: Annotated[int, typer.Option(help="Same seed, same images.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
@@ -317,18 +227,12 @@ def generate(
 
     target = out / "generated.tif"
     check_new_outputs([target], overwrite)
-    schedule = _schedule(beta, beta_max, dispersion)
+    schedule = schedule_from_options(beta, beta_max, dispersion)
     network = load(model)
     recorder = MovieRecorder() if movie else None
-    with _sampling_progress("generating", target_psnr) as on_step:
-
-        def step(state) -> None:
-            on_step(state)
-            if recorder is not None:
-                recorder(state)
-
+    with sampling_progress("generating", target_psnr, recorder) as on_step:
         result = network.generate(
-            n, size, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=step
+            n, size, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
         )
     path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
@@ -413,23 +317,3 @@ def demo(
         f"  PSNR photongap   : {result.psnr_photongap:.2f} dB\n"
         f"  figure  {out / 'comparison.png'}\n  metrics {out / 'metrics.json'}\n  model   {out / 'run' / 'model.pt'}"
     )
-
-
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        app()
-    except PhotongapError as error:
-        if _state["debug"]:
-            raise
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except SystemExit as exit:
-        # Typer turns Ctrl-C into a silent exit with code 130.
-        if exit.code == 130:
-            console.print("interrupted: no partial outputs were kept (continue a training run with --resume)")
-        raise
-
-
-if __name__ == "__main__":
-    main()

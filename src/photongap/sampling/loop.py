@@ -1,69 +1,19 @@
-"""Posterior sampling and generation by accumulating photons.
-
-Three separate pieces, as in diffusers: :func:`sample_step` adds one batch of predicted
-photons, a :class:`StopRule` says when an image is finished, and :func:`accumulate_photons`
-is the loop that owns them (and reports each step through ``on_step``). Generation
-(:func:`generate`) is the same loop started from an empty canvas.
-
-The sampler never touches an ``nn.Module``: it calls a :data:`LogitsFn`, a plain function
-from counts to logits. The caller wraps the network in it (device, autocast,
-channels_last, tiling), e.g. ``lambda counts: net(counts)`` under ``torch.no_grad()``.
-"""
+"""The sampling loop: steps until the stop rule, reporting each one; generation is the loop from zeros."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from photongap.config import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, photons_per_pixel, pseudo_psnr
 from photongap.runtime import LogitsFn
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """When an image is finished: its pseudo-PSNR or its photon count passed a target.
-
-    An image is done when ``pseudo_psnr(counts) >= target_psnr`` or
-    ``sum(counts) >= target_photons`` (whichever targets are set); the loop also ends
-    after ``max_steps`` steps whatever the targets.
-
-    Attributes
-    ----------
-    target_psnr : float or None
-        Pseudo-PSNR in dB (20 dB: 100 photons per pixel).
-    target_photons : float or None
-        Total photons per image.
-    max_steps : int
-        Cap on the loop's steps (network calls before the final estimate).
-    """
-
-    target_psnr: float | None = DEFAULT_TARGET_PSNR
-    target_photons: float | None = None
-    max_steps: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.target_psnr is not None and not math.isfinite(self.target_psnr):
-            raise PhotongapError(f"stop target_psnr must be a finite number of dB, got {self.target_psnr}")
-        if self.target_photons is not None and not (math.isfinite(self.target_photons) and self.target_photons > 0):
-            raise PhotongapError(f"stop target_photons must be positive, got {self.target_photons}")
-        if self.max_steps < 1:
-            raise PhotongapError(f"stop max_steps must be at least 1, got {self.max_steps}")
-
-    def done(self, counts: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` bool: which images of ``counts`` ``(B, 1, Y, X)`` have reached a target."""
-        counts = counts.double()
-        done = torch.zeros(counts.shape[0], dtype=torch.bool, device=counts.device)
-        if self.target_psnr is not None:
-            done |= pseudo_psnr(counts).reshape(-1) >= self.target_psnr
-        if self.target_photons is not None:
-            done |= counts.sum(dim=(1, 2, 3)) >= self.target_photons
-        return done
+from photongap.sampling.step import sample_step
+from photongap.sampling.stop import StopRule
+from photongap.schedule import PUBLISHED_SCHEDULE, PhotonSchedule
 
 
 @dataclass(frozen=True)
@@ -158,50 +108,6 @@ class PosteriorSamples:
         samples = result.samples[:, 0].float().cpu().numpy()
         std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(samples[0])
         return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls)
-
-
-def sample_step(
-    logits: torch.Tensor,
-    counts: torch.Tensor,
-    photons_to_add: torch.Tensor,
-    generator: torch.Generator | None = None,
-    dispersion: float = 0.0,
-) -> torch.Tensor:
-    """Add predicted photons: ``counts + Poisson(softmax(logits) * n)``.
-
-    The softmax is over all pixels of each image, so each image gains ``Poisson(n)``
-    photons in total, spread as the network predicts. Photons are never removed. With
-    ``dispersion = kappa > 0`` the Poisson rates are first drawn from a Gamma distribution
-    of the same mean and ``kappa * n / S`` times the variance (``S``: photons in ``counts``),
-    which gives the step the spread of the posterior predictive (see :class:`PhotonSchedule`).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        ``(B, 1, Y, X)`` any float dtype; the softmax runs in float32.
-    counts : torch.Tensor
-        ``(B, 1, Y, X)`` photons so far.
-    photons_to_add : torch.Tensor
-        ``(B,)`` expected photons ``n`` to add per image.
-    generator : torch.Generator, optional
-        Source of randomness, on the device of ``counts`` (None: torch's global one).
-    dispersion : float
-        ``kappa``: 0 draws from the plug-in Poisson, as published.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, 1, Y, X)`` float32 new counts (a new tensor; ``counts`` is unchanged).
-    """
-    photons_to_add = photons_to_add.to(counts.device)
-    rates = mmse_from_logits(logits, photons_to_add)
-    if dispersion > 0:
-        # Gamma(shape = rate / e, scale = e) has mean rate and variance rate * e. (The private
-        # _standard_gamma is what torch.distributions.Gamma samples with; it alone takes a
-        # generator.) An empty canvas counts as one photon so far.
-        excess = (dispersion * photons_to_add / counts.double().sum(dim=(1, 2, 3)).clamp_min(1.0)).float().reshape(-1, 1, 1, 1)
-        rates = torch._standard_gamma(rates / excess, generator=generator) * excess
-    return counts.float() + torch.poisson(rates, generator=generator)
 
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -390,43 +296,3 @@ def generate(
     return accumulate_photons(
         logits_fn, canvas, scale_to=None, schedule=schedule, stop=stop, generator=generator, on_step=on_step
     )
-
-
-def expected_network_calls(
-    start_photons: float,
-    final_photons: float,
-    schedule: PhotonSchedule = PUBLISHED_SCHEDULE,
-    *,
-    num_pixels: int | None = None,
-) -> int:
-    """Batched network calls to go from ``start_photons`` to ``final_photons``, without a network.
-
-    Runs the schedule's recursion ``S <- S + max(beta(S / num_pixels) * S, 1)`` on the
-    expected totals until ``S >= final_photons``, and adds the final estimate's call:
-    for the published schedule about ``log(final / start) / log(1 + beta) + 1``. The
-    sampler's photon totals are random, so its count can differ by one near a boundary
-    (and more from an empty canvas, where single photons are drawn).
-
-    Parameters
-    ----------
-    start_photons, final_photons : float
-        Photons per image at the start and at the stop target.
-    schedule : PhotonSchedule
-        The schedule to count.
-    num_pixels : int, optional
-        Pixels per image; needed when the schedule ramps with the level (``beta_max``).
-
-    Examples
-    --------
-    >>> expected_network_calls(64 * 64 * 1.0, 64 * 64 * 100.0)  # 1 -> 100 photons/px
-    50
-    """
-    if schedule.beta_max is not None and num_pixels is None:
-        raise PhotongapError("expected_network_calls needs num_pixels for a schedule with beta_max")
-    if start_photons < 0 or not math.isfinite(final_photons):
-        raise PhotongapError("expected_network_calls needs start_photons >= 0 and a finite final_photons")
-    total, steps = float(start_photons), 0
-    while total < final_photons:
-        total += float(schedule.photons_to_add(torch.tensor([total]), num_pixels or 1)[0])
-        steps += 1
-    return steps + 1

@@ -1,0 +1,6 @@
+"""The ``photongap`` command line (``photongap --help``): a thin layer over the library."""
+
+from photongap.cli import commands as _commands  # noqa: F401  (registers the commands on the app)
+from photongap.cli.app import app, main
+
+__all__ = ["app", "main"]

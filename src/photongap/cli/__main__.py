@@ -1,0 +1,3 @@
+from photongap.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""When an image has accumulated enough photons, and how many network calls that takes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from photongap.errors import PhotongapError
+from photongap.physics import pseudo_psnr
+from photongap.schedule import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When an image is finished: its pseudo-PSNR or its photon count passed a target.
+
+    An image is done when ``pseudo_psnr(counts) >= target_psnr`` or
+    ``sum(counts) >= target_photons`` (whichever targets are set); the loop also ends
+    after ``max_steps`` steps whatever the targets.
+
+    Attributes
+    ----------
+    target_psnr : float or None
+        Pseudo-PSNR in dB (20 dB: 100 photons per pixel).
+    target_photons : float or None
+        Total photons per image.
+    max_steps : int
+        Cap on the loop's steps (network calls before the final estimate).
+    """
+
+    target_psnr: float | None = DEFAULT_TARGET_PSNR
+    target_photons: float | None = None
+    max_steps: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.target_psnr is not None and not math.isfinite(self.target_psnr):
+            raise PhotongapError(f"stop target_psnr must be a finite number of dB, got {self.target_psnr}")
+        if self.target_photons is not None and not (math.isfinite(self.target_photons) and self.target_photons > 0):
+            raise PhotongapError(f"stop target_photons must be positive, got {self.target_photons}")
+        if self.max_steps < 1:
+            raise PhotongapError(f"stop max_steps must be at least 1, got {self.max_steps}")
+
+    def done(self, counts: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bool: which images of ``counts`` ``(B, 1, Y, X)`` have reached a target."""
+        counts = counts.double()
+        done = torch.zeros(counts.shape[0], dtype=torch.bool, device=counts.device)
+        if self.target_psnr is not None:
+            done |= pseudo_psnr(counts).reshape(-1) >= self.target_psnr
+        if self.target_photons is not None:
+            done |= counts.sum(dim=(1, 2, 3)) >= self.target_photons
+        return done
+
+
+def expected_network_calls(
+    start_photons: float,
+    final_photons: float,
+    schedule: PhotonSchedule = PUBLISHED_SCHEDULE,
+    *,
+    num_pixels: int | None = None,
+) -> int:
+    """Batched network calls to go from ``start_photons`` to ``final_photons``, without a network.
+
+    Runs the schedule's recursion ``S <- S + max(beta(S / num_pixels) * S, 1)`` on the
+    expected totals until ``S >= final_photons``, and adds the final estimate's call:
+    for the published schedule about ``log(final / start) / log(1 + beta) + 1``. The
+    sampler's photon totals are random, so its count can differ by one near a boundary
+    (and more from an empty canvas, where single photons are drawn).
+
+    Parameters
+    ----------
+    start_photons, final_photons : float
+        Photons per image at the start and at the stop target.
+    schedule : PhotonSchedule
+        The schedule to count.
+    num_pixels : int, optional
+        Pixels per image; needed when the schedule ramps with the level (``beta_max``).
+
+    Examples
+    --------
+    >>> expected_network_calls(64 * 64 * 1.0, 64 * 64 * 100.0)  # 1 -> 100 photons/px
+    50
+    """
+    if schedule.beta_max is not None and num_pixels is None:
+        raise PhotongapError("expected_network_calls needs num_pixels for a schedule with beta_max")
+    if start_photons < 0 or not math.isfinite(final_photons):
+        raise PhotongapError("expected_network_calls needs start_photons >= 0 and a finite final_photons")
+    total, steps = float(start_photons), 0
+    while total < final_photons:
+        total += float(schedule.photons_to_add(torch.tensor([total]), num_pixels or 1)[0])
+        steps += 1
+    return steps + 1
