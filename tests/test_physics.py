@@ -253,3 +253,27 @@ def test_pseudo_psnr_levels():
     assert psnr.shape == (2, 1) and psnr[0, 0] == -math.inf and float(psnr[1, 0]) == pytest.approx(20.0)
     assert photons_per_pixel(counts).flatten().tolist() == [0.0, 100.0]
     assert np.isclose(float(pseudo_psnr(poisson_counts((1, 1, 64, 64), 100.0))), 20.0, atol=0.05)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_held_out_squared_error_is_unbiased_for_a_fixed_denoiser(fraction):
+    # A fixed "denoiser" whose error is computable: a 3x3 box filter of the input split. The
+    # held-out estimate, averaged over many splits, must match its true squared error against
+    # the clean image in full-exposure units.
+    from photongap.physics import held_out_squared_error
+
+    generator = torch.Generator().manual_seed(3)
+    y, x = torch.meshgrid(torch.linspace(0, 3, 48), torch.linspace(0, 4, 40), indexing="ij")
+    clean = (2.0 + torch.sin(y) * torch.cos(x) ** 2 * 2.0)[None, None].double()
+    box = lambda image: torch.nn.functional.avg_pool2d(torch.nn.functional.pad(image, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # noqa: E731
+    estimates, truths = [], []
+    for _ in range(1500):
+        counts = torch.poisson(clean.float(), generator=generator)
+        split = split_counts(counts, torch.tensor([fraction]), generator)
+        estimate = box(split.input_counts.double())
+        estimates.append(float(held_out_squared_error(estimate, split.target_counts, fraction)[0]))
+        truths.append(float(((clean - estimate / fraction) ** 2).sum()))
+    mean_estimate, mean_truth = np.mean(estimates), np.mean(truths)
+    standard_error = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(mean_estimate - mean_truth) < 4 * standard_error, (mean_estimate, mean_truth, standard_error)
+    assert standard_error < 0.1 * mean_truth  # the test has the power to see a 10% bias

@@ -167,3 +167,39 @@ def mmse_from_logits(logits: torch.Tensor, total_photons: torch.Tensor, normalis
     normaliser = log_normaliser(logits) if normaliser is None else normaliser.to(logits.device, torch.float64)
     flat = torch.exp(logits.double().reshape(batch, -1) - normaliser.reshape(batch, 1))
     return (flat * total_photons.to(logits.device, torch.float64).reshape(batch, 1)).float().reshape(logits.shape)
+
+
+def held_out_squared_error(estimate: torch.Tensor, held_out: torch.Tensor, fraction: float | torch.Tensor) -> torch.Tensor:
+    """Unbiased estimate of an estimate's squared error against the unknown clean image, from a held-out split.
+
+    Split counts ``x ~ Poisson(lambda)`` into ``a ~ Binomial(x, p)`` and ``b = x - a``: ``a`` and
+    ``b`` are independent Poisson images of ``p * lambda`` and ``(1 - p) * lambda``. If
+    ``estimate`` was computed from ``a`` alone (e.g. the MMSE of ``a``, in ``a``'s photon units),
+    ``b / (1 - p)`` is an unbiased, independent measurement of ``lambda``, and
+
+    ``E[(b/(1-p) - estimate/p)**2 - b/(1-p)**2] = (lambda - estimate/p)**2``
+
+    pixel by pixel (the second term removes ``b``'s own Poisson variance). Summed per image it
+    estimates ``sum_i (lambda_i - estimate_i / p)**2``: the squared error of the estimate
+    scaled to the full exposure, in photons² of the full exposure. It needs no ground truth.
+
+    Parameters
+    ----------
+    estimate : torch.Tensor
+        ``(B, ...)`` estimate of ``p * lambda`` made from ``a`` alone.
+    held_out : torch.Tensor
+        ``(B, ...)`` the held-out counts ``b = x - a``.
+    fraction : float or torch.Tensor
+        ``p`` (per image, ``(B,)``, or one for all), in (0, 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` float64 sums over each image's pixels; single values can be negative (it is
+        unbiased, not positive).
+    """
+    batch = estimate.shape[0]
+    p = torch.as_tensor(fraction, dtype=torch.float64, device=estimate.device).reshape(-1, 1).expand(batch, 1)
+    b = held_out.double().reshape(batch, -1)
+    terms = (b / (1 - p) - estimate.double().reshape(batch, -1) / p) ** 2 - b / (1 - p) ** 2
+    return terms.sum(dim=1)
