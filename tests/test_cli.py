@@ -446,6 +446,10 @@ def test_generate_writes_images_of_the_asked_size(sampled):
     assert folder_entries(root / "generated") == ["generated.tif"]
     images = tifffile.imread(root / "generated" / "generated.tif")
     assert images.shape == (2, 40, 40)
+    # The model was trained on the data's own levels (the default preset): generating from an
+    # empty canvas starts far below them, and the command says so in one line.
+    stderr = results["generate"].stderr
+    assert "warning: generation starts at" in stderr and "below the dimmest inputs" in stderr and "UserWarning" not in stderr
     assert np.isfinite(images).all() and images.min() >= 0 and images.sum() > 0
 
 

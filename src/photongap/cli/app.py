@@ -125,8 +125,17 @@ def sampling_progress(label: str, target_psnr: float | None, recorder: Any = Non
         yield on_step
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Warnings for people: one ``warning:`` line, without the source file and line (``--debug`` keeps them)."""
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; warnings one line each."""
+    import warnings
+
+    if not _state["debug"] and "--debug" not in sys.argv:
+        warnings.showwarning = _show_warning
     try:
         app()
     except PhotongapError as error:
