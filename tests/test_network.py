@@ -10,7 +10,7 @@ from torch import nn
 
 from photongap.config import ModelConfig, preset
 from photongap.errors import PhotongapError
-from photongap.network import CountEncoding, GapUNet
+from photongap.network import CountEncoding, GapUNet, ResidualBlock
 
 
 def parameters(module: nn.Module) -> int:
@@ -41,7 +41,7 @@ def test_the_published_network_has_about_eleven_million_weights():
 
 def test_the_default_network_is_smaller():
     assert ModelConfig().widths == [16, 32, 64, 128]
-    assert 0.6e6 < parameters(GapUNet(ModelConfig())) < 0.8e6 < 11e6 < parameters(GapUNet(preset("paper")[0]))
+    assert 0.6e6 < parameters(GapUNet(ModelConfig())) < 0.8e6 < 10.5e6 < parameters(GapUNet(preset("paper")[0]))
 
 
 def test_max_filters_caps_the_deep_levels():
@@ -120,3 +120,30 @@ def test_bf16_autocast_with_channels_last_returns_float32_logits(tiny_config):
 def test_unknown_encoding_is_a_configuration_error():
     with pytest.raises(PhotongapError, match="model.encoding"):
         ModelConfig(encoding="cos")
+
+
+def test_the_paper_preset_is_the_published_network():
+    # The published U-Net (depth 5, 32 filters, its residual block without projections):
+    # 10,906,241 weights; photongap's block adds 1x1 projections where widths change.
+    from photongap.config import preset
+
+    paper = GapUNet(preset("paper")[0])
+    assert sum(p.numel() for p in paper.parameters()) == 10_906_241
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for block in paper.down for m in block.modules())
+    ours = GapUNet(dataclasses.replace(preset("paper")[0], block="photongap", init="torch"))
+    assert sum(p.numel() for p in ours.parameters()) > 10_906_241
+    # Xavier-normal weights and zero biases on every convolution (not the transposed ones).
+    conv = paper.down[2].conv2
+    fan = conv.weight[0].numel()
+    assert float(conv.weight.std()) == pytest.approx((2.0 / (fan + conv.out_channels * 9)) ** 0.5, rel=0.05)
+    assert not paper.head.bias.any() and not conv.bias.any()
+    assert paper.upsample[0].bias.any()
+
+
+def test_the_published_block_starts_its_residual_after_the_first_convolution():
+    block = ResidualBlock(3, 5, "published").eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        s = block.conv1(x)
+        expected = torch.relu(block.conv3(torch.relu(block.conv2(s))) + s)
+        torch.testing.assert_close(block(x), expected)

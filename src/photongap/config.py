@@ -21,6 +21,8 @@ Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["constant", "cosine"]
 SplitMode = Literal["absolute", "relative"]
 Encoding = Literal["sine", "tanh"]
+Block = Literal["photongap", "published"]
+Init = Literal["torch", "xavier"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -105,6 +107,14 @@ class ModelConfig:
         range of levels fell below its own input from about 10 photons/px (24.9 against
         47.4 dB at 100 photons/px); with it, 33 dB there and 1-2 dB better from 3 to 30
         photons/px, and the same at 1 photon/px (see :class:`photongap.network.CountEncoding`).
+    block : {"photongap", "published"}
+        The residual block: ``relu(conv3(relu(conv2(relu(conv1 x)))) + skip(x))`` with a 1x1
+        projection where widths change (photongap), or the published one, whose residual
+        starts after a first convolution without activation,
+        ``s = conv1(x); relu(conv3(relu(conv2 s)) + s)`` (no projection).
+    init : {"torch", "xavier"}
+        Initial weights: torch's defaults, or the published Xavier-normal weights with zero
+        biases for every convolution (transposed convolutions keep torch's default).
     """
 
     depth: int = 4
@@ -113,6 +123,8 @@ class ModelConfig:
     encoding: Encoding = "tanh"
     encoding_levels: int = 10
     log_channel: bool = True
+    block: Block = "photongap"
+    init: Init = "torch"
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -216,9 +228,10 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # the data's brightness, as published, on the default network (its log1p channel keeps it
     # right at the bright levels a sampler passes through) and the default schedule.
     "generative": (ModelConfig(), TrainConfig(split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0)),
-    # The published configuration: full-range absolute splits, Adam 1e-4, fp32, the last weights.
+    # The published configuration: its network (block and initialisation, 10.9 M weights),
+    # full-range absolute splits, Adam 1e-4, fp32, the last weights, every image trained on.
     "paper": (
-        ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10, log_channel=False),
+        ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10, log_channel=False, block="published", init="xavier"),
         TrainConfig(
             learning_rate=1e-4,
             schedule="constant",
@@ -227,6 +240,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
             split_max_psnr=20.0,
             average_decay=None,
             precision="fp32",
+            val_fraction=0.0,
         ),
     ),
 }

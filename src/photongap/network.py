@@ -45,17 +45,26 @@ class CountEncoding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Three 3x3 convolutions with a residual connection (1x1 projection if widths differ)."""
+    """Three 3x3 convolutions with a residual connection.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    ``photongap``: ``relu(conv3(relu(conv2(relu(conv1 x)))) + skip(x))``, ``skip`` a 1x1
+    projection where the widths differ. ``published``: the residual starts after the first
+    convolution, which has no activation: ``s = conv1(x)``, ``relu(conv3(relu(conv2 s)) + s)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "photongap") -> None:
         super().__init__()
+        self.published = kind == "published"
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.skip = nn.Identity() if in_channels == out_channels or self.published else nn.Conv2d(in_channels, out_channels, 1)
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.published:
+            s = self.conv1(x)
+            return self.activation(self.conv3(self.activation(self.conv2(s))) + s)
         h = self.activation(self.conv1(x))
         h = self.activation(self.conv2(h))
         return self.activation(self.conv3(h) + self.skip(x))
@@ -84,12 +93,17 @@ class GapUNet(nn.Module):
         self.down = nn.ModuleList()
         in_channels = self.encoding.channels
         for width in widths:
-            self.down.append(ResidualBlock(in_channels, width))
+            self.down.append(ResidualBlock(in_channels, width, config.block))
             in_channels = width
         self.pool = nn.MaxPool2d(2)
         self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(len(widths) - 1))
-        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i]) for i in range(len(widths) - 1))
+        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i], config.block) for i in range(len(widths) - 1))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        if config.init == "xavier":
+            for conv in self.modules():
+                if isinstance(conv, nn.Conv2d):
+                    nn.init.xavier_normal_(conv.weight)
+                    nn.init.zeros_(conv.bias)
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         x = self.encoding(counts)
