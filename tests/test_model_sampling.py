@@ -122,18 +122,24 @@ def test_sampling_warns_outside_the_trained_range_at_both_ends(tiny_model, poiss
     tiny_model.info = {"trained_range": [-3.0, -0.2]}  # the default preset on data at 0 dB
     assert tiny_model.trained_range() == (-3.0, -0.2)
     counts = poisson_image((32, 32), 0.5, 0)  # -3 dB
+    plain = PhotonSchedule(beta=0.5, beta_max=4.0, dispersion=1.0)  # an explicit schedule: the plain loop
     with pytest.warns(UserWarning, match=r"beyond the brightest inputs this model was trained on \(-0.2 dB\)"):
-        tiny_model.sample(counts, 2, target_psnr=10.0, device="cpu")
+        tiny_model.sample(counts, 2, target_psnr=10.0, schedule=plain, device="cpu")
+    with warnings.catch_warnings():  # the default sampler thins to the trained top instead of extrapolating
+        warnings.simplefilter("error")
+        tiny_model.sample(counts, 2, target_psnr=10.0, gain=5.0, device="cpu")
     dim = poisson_image((32, 32), 0.02, 0)  # -17 dB
     with pytest.warns(UserWarning, match=r"below the dimmest inputs this model was trained on \(-3.0 dB\)"):
-        tiny_model.sample(dim, 2, target_psnr=-1.0, device="cpu")
+        tiny_model.sample(dim, 2, target_psnr=-1.0, schedule=plain, device="cpu")
+    with pytest.warns(UserWarning, match=r"below the dimmest inputs this model was trained on \(-3.0 dB\)"):
+        tiny_model.sample(dim, 2, target_psnr=-1.0, gain=5.0, device="cpu")
     with pytest.warns(UserWarning, match=r"generation starts at -3[0-9.]+ dB, below the dimmest"):
         tiny_model.generate(1, (32, 32), target_psnr=-3.0, device="cpu")
     tiny_model.info = {"trained_range": [-40.0, 20.0]}  # the generative preset
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")
-        tiny_model.sample(dim, 2, target_psnr=-12.0, device="cpu")
+        tiny_model.sample(counts, 2, target_psnr=3.0, schedule=plain, device="cpu")
+        tiny_model.sample(dim, 2, target_psnr=-12.0, gain=5.0, device="cpu")
         tiny_model.generate(1, (32, 32), target_psnr=-20.0, device="cpu")
 
 
