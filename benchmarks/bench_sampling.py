@@ -54,6 +54,7 @@ import math
 import shutil
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,21 @@ def test_images(data: str, hubble: Path, count: int) -> list[np.ndarray]:
     return [images[i] for i in picks]
 
 
+def training_gain(model: GapModel, images: list[np.ndarray]) -> float:
+    """The mean of ``model.estimate_gain`` over the training images whose estimate resolved (no fallback)."""
+    gains = []
+    for index, counts in enumerate(images):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the estimate's fallback warns: leave that image out
+            try:
+                gains.append(model.estimate_gain(counts, seed=index, device="cpu"))
+            except UserWarning:
+                pass
+    if not gains:
+        raise PhotongapError("no training image resolved the gain")
+    return statistics.fmean(gains)
+
+
 def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
@@ -241,7 +257,9 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         check_samples = model.sample(kept, n, seed=seed + 100 + index, device="cpu", **options).samples
         rows["gt_free_check"].append(spread_skill(check_samples, held_out, CHECK_FRACTION).implied_coverage)
         rows["gt_rank_coverage_of_check"].append(rank_coverage_80(check_samples, clean * CHECK_FRACTION, rng))
-    return {key: round(statistics.fmean(values), 3) for key, values in rows.items()}
+    summary = {key: round(statistics.fmean(values), 3) for key, values in rows.items()}
+    summary["gain_min"] = round(min(rows["gain"]), 3) if not math.isnan(rows["gain"][0]) else math.nan
+    return summary
 
 
 def main_data(args: argparse.Namespace) -> None:
@@ -255,8 +273,7 @@ def main_data(args: argparse.Namespace) -> None:
     for name in args.samplers:
         options = dict(SAMPLERS[name])
         if options.get("gain") == "training":
-            gains = [model.estimate_gain(counts, seed=index, device="cpu") for index, counts in enumerate(training_images(args.data, Path(args.hubble), args.level))]
-            options["gain"] = statistics.fmean(gains)
+            options["gain"] = training_gain(model, training_images(args.data, Path(args.hubble), args.level))
         results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=7)}
         print(name, results["samplers"][name], flush=True)
     report(f"sampling_{args.data}_{args.level:g}", results)

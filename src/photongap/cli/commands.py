@@ -211,7 +211,7 @@ def sample(
             )
         console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
         for index, plane in iter_planes(image) if check else ():
-            result = check_calibration(network, CountsView(plane, camera, str(image.path))[:, :], max(n, 2), **options, **common)
+            result = check_calibration(network, CountsView(plane, camera, str(image.path))[:, :], max(n, 4), **options, **common)
             where = f" plane {index}" if index else ""
             console.print(f"check {image.path.name}{where}: the samples' central 80% would hold {result.implied_coverage:.0%} of the truth (0.80: calibrated; from held-out photons)")
     if recorder is not None:
