@@ -355,3 +355,22 @@ def test_network_gain_is_one_for_a_pixelwise_denoiser_and_the_variance_ratio_for
     assert abs(float(network_gain(y, y, z, q)) - 1.0) < tolerance
     oracle = q * clean + torch.randn(clean.shape, generator=generator, dtype=torch.float64) * (q * clean / 4).sqrt()
     assert abs(float(network_gain(oracle, y, z, q)) / 4.0 - 1.0) < 2 * tolerance
+
+
+def test_network_gain_with_an_error_floor_stays_finite_when_the_error_is_unresolved():
+    """An oracle (mu = q lambda) has no error: the plain ratio is then noise (negative for this seed); the floor
+    of k standard errors gives the largest g the held-out photons allow, and leaves a resolved error alone."""
+    from photongap.physics import network_gain
+
+    generator = torch.Generator().manual_seed(5)
+    q = 0.9
+    clean = torch.linspace(0.5, 4.0, 64 * 64, dtype=torch.float64).reshape(1, 1, 64, 64)
+    split = split_counts(torch.poisson(clean, generator=generator), torch.tensor([q]), generator)
+    y, z = split.input_counts, split.target_counts
+    assert not 0 < float(network_gain(q * clean, y, z, q)) < 1e3  # unresolved: noise
+    floored = float(network_gain(q * clean, y, z, q, error_floor_sd=2.0))
+    terms = q**2 * ((z / (1 - q) - q * clean / q) ** 2 - z / (1 - q) ** 2)
+    ceiling = float(y.sum()) / (2.0 * float(terms.std()) * 64)  # sum(y) / (2 se), se = sd * sqrt(pixels)
+    assert floored == pytest.approx(ceiling, rel=1e-9)
+    # The pixel-wise denoiser's error (sum of lambda_y) is resolved: the floor does not change its g.
+    assert float(network_gain(y, y, z, q, error_floor_sd=2.0)) == float(network_gain(y, y, z, q))

@@ -34,8 +34,8 @@ GAIN_FRACTION = 0.9
 """Binomial fraction ``q`` of the held-out splits that estimate the posterior gain from an image."""
 GAIN_REPEATS = 2
 """Held-out splits per gain estimate: this many network calls (one batch), once per image."""
-FALLBACK_GAIN = 1.0
-"""The gain used when an image is too small or dim to estimate it: a pixel-wise posterior (wide samples)."""
+GAIN_ERROR_FLOOR_SD = 2.0
+"""The network's error in the gain is taken as at least this many of its standard errors (see :func:`photongap.physics.network_gain`)."""
 GENERATION_TOLERANCE_DB = 10.0
 """Generation starts from single photons, below any trained range; it warns only if the model
 was not trained within this many dB of that start (the published range goes down to -40 dB)."""
@@ -225,16 +225,9 @@ class GapModel:
         image = torch.from_numpy(counts).to(device)[None, None].expand(repeats, 1, *counts.shape).contiguous()
         split = split_counts(image, torch.full((repeats,), fraction, device=device), generator)
         estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
-        gain = float(network_gain(estimate, split.input_counts, split.target_counts, fraction))
+        gain = float(network_gain(estimate, split.input_counts, split.target_counts, fraction, error_floor_sd=GAIN_ERROR_FLOOR_SD))
         if not (math.isfinite(gain) and gain > 0):
-            # The error estimate drowned in the held-out photons' own noise (a small or very
-            # dim image). g = 1, a pixel-wise posterior, errs on the side of samples too wide.
-            warnings.warn(
-                f"could not estimate the network's posterior gain from this image (got {gain:g}: too few photons "
-                f"to measure its error); using {FALLBACK_GAIN:g}, which makes the samples too wide rather than too narrow; pass gain= to set it",
-                stacklevel=2,
-            )
-            return FALLBACK_GAIN
+            raise PhotongapError(f"cannot estimate the posterior gain of an image without photons ({total:g}); pass gain=")
         return gain
 
     def sample(
@@ -334,7 +327,7 @@ class GapModel:
         if gain is None:
             # Its own seed stream, so that the samples of one seed do not depend on whether
             # the gain was given or estimated.
-            gain = self.estimate_gain(counts, seed=seed + 1_000_003, logits=network, device=device)  # warns if it must fall back
+            gain = self.estimate_gain(counts, seed=seed + 1_000_003, logits=network, device=device)
             gain_calls = GAIN_REPEATS
         posterior = DirichletPosterior(gain=float(gain), trained_top=top, final=final)
         result = accumulate_photons(

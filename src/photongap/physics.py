@@ -7,6 +7,7 @@ quantity reduces over the last two axes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -301,7 +302,7 @@ def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: t
     return DirichletPredictive(probabilities.float(), strength)
 
 
-def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.Tensor, fraction: float) -> torch.Tensor:
+def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.Tensor, fraction: float, error_floor_sd: float = 0.0) -> torch.Tensor:
     """Photons the network is worth per input photon: ``g = sum(y) / sum_i (lambda_y,i - mu_i)**2``, no ground truth.
 
     ``g = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` for ``y ~ Binomial(x, q)``,
@@ -312,6 +313,13 @@ def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.
     pooled: total photons over total error, since a single image's error estimate is noisy
     and can be negative. ``g = 1`` is a denoiser that uses each pixel's own photons only.
 
+    The error's standard error ``se`` follows from the spread of its per-pixel terms (taken as
+    independent); with ``error_floor_sd = k > 0`` the error used is ``max(error, k se)``: never
+    below what the held-out photons can resolve, so that an error lost in their noise gives
+    the largest ``g`` the data allow rather than an infinite or negative one. (Its relative
+    noise is about ``g q / (1 - q) sqrt(2 / pixels)``: 100% for ``g = 20`` at ``q = 0.9`` on
+    256 x 256 pixels.)
+
     Parameters
     ----------
     estimate : torch.Tensor
@@ -320,11 +328,18 @@ def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.
         ``(B, ...)`` the split ``y`` and ``z``.
     fraction : float
         ``q`` in (0, 1).
+    error_floor_sd : float
+        ``k`` above (0: the plain ratio).
 
     Returns
     -------
     torch.Tensor
-        A float64 scalar; infinite or negative when the error is too small to resolve.
+        A float64 scalar; without a floor, infinite or negative when the error is too small
+        to resolve.
     """
-    error = fraction**2 * held_out_squared_error(estimate, held_out, fraction).sum()
+    # One "image" per pixel: held_out_squared_error then returns each pixel's term.
+    terms = fraction**2 * held_out_squared_error(estimate.reshape(-1, 1), held_out.reshape(-1, 1), fraction)
+    error = terms.sum()
+    if error_floor_sd > 0:
+        error = torch.maximum(error, error_floor_sd * terms.std() * math.sqrt(terms.numel()))
     return thinned.double().sum() / error
