@@ -143,16 +143,16 @@ def sample(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
     target_psnr: Annotated[
-        Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons [default: 3 dB above the model's trained range; 20 dB with --beta/--beta-max/--dispersion].")
+        Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons (default: 3 dB above the model's trained range; 20 dB with --beta/--beta-max/--dispersion).")
     ] = None,
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
     beta: Annotated[
-        Optional[float], typer.Option(help=f"Photons added per step, as a fraction of those so far (published: 0.1) [default: {schedules.FAST_SCHEDULE.beta:g}]. Any of --beta/--beta-max/--dispersion runs the plain GAP loop (the network at every level) instead of the Dirichlet sampler.")
+        Optional[float], typer.Option(help=f"Photons added per step, as a fraction of those so far (published: 0.1; default: {schedules.FAST_SCHEDULE.beta:g}). Any of --beta/--beta-max/--dispersion runs the plain GAP loop (the network at every level) instead of the Dirichlet sampler.")
     ] = None,
     beta_max: BetaMaxOption = None,
-    dispersion: Annotated[Optional[float], typer.Option(help=f"With the plain loop: the spread a pixel-wise posterior adds within each step (0: published Poisson draw) [default: {schedules.FAST_SCHEDULE.dispersion:g}].")] = None,
+    dispersion: Annotated[Optional[float], typer.Option(help=f"With the plain loop: the spread a pixel-wise posterior adds within each step (0: published Poisson draw; default: {schedules.FAST_SCHEDULE.dispersion:g}).")] = None,
     posterior_gain: Annotated[
-        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon) [default: the model file's, else estimated from each image: 2 network calls].")
+        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon; default: the model file's, else estimated from each image, 2 network calls).")
     ] = None,
     final: Annotated[str, typer.Option(help="The Dirichlet sampler's sample: 'draw' (one draw of the clean image given the final photons) or 'mean'.")] = "draw",
     check: Annotated[bool, typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth; one more sampling run on half the photons).")] = False,
