@@ -272,7 +272,9 @@ class GapModel:
             Default: 3 dB above the trained top (above the image's level if that is brighter);
             20 dB for a model without a trained range, or for the plain loop.
         schedule : PhotonSchedule, optional
-            Photons per step and how they are drawn, for the plain loop. None: the Dirichlet sampler.
+            Photons per step and how they are drawn: the plain loop. None: the Dirichlet sampler
+            with FAST_SCHEDULE's photon counts (a schedule together with ``gain``: the Dirichlet
+            sampler with this schedule's photon counts; its ``dispersion`` is then unused).
         seed : int
             Same seed, same samples on the same device.
         batch_size : int, optional
