@@ -122,18 +122,24 @@ def test_sampling_warns_outside_the_trained_range_at_both_ends(tiny_model, poiss
     tiny_model.info = {"trained_range": [-3.0, -0.2]}  # the default preset on data at 0 dB
     assert tiny_model.trained_range() == (-3.0, -0.2)
     counts = poisson_image((32, 32), 0.5, 0)  # -3 dB
+    plain = PhotonSchedule(beta=0.5, beta_max=4.0, dispersion=1.0)  # an explicit schedule: the plain loop
     with pytest.warns(UserWarning, match=r"beyond the brightest inputs this model was trained on \(-0.2 dB\)"):
-        tiny_model.sample(counts, 2, target_psnr=10.0, device="cpu")
+        tiny_model.sample(counts, 2, target_psnr=10.0, schedule=plain, device="cpu")
+    with warnings.catch_warnings():  # the default sampler thins to the trained top instead of extrapolating
+        warnings.simplefilter("error")
+        tiny_model.sample(counts, 2, target_psnr=10.0, gain=5.0, device="cpu")
     dim = poisson_image((32, 32), 0.02, 0)  # -17 dB
     with pytest.warns(UserWarning, match=r"below the dimmest inputs this model was trained on \(-3.0 dB\)"):
-        tiny_model.sample(dim, 2, target_psnr=-1.0, device="cpu")
+        tiny_model.sample(dim, 2, target_psnr=-1.0, schedule=plain, device="cpu")
+    with pytest.warns(UserWarning, match=r"below the dimmest inputs this model was trained on \(-3.0 dB\)"):
+        tiny_model.sample(dim, 2, target_psnr=-1.0, gain=5.0, device="cpu")
     with pytest.warns(UserWarning, match=r"generation starts at -3[0-9.]+ dB, below the dimmest"):
         tiny_model.generate(1, (32, 32), target_psnr=-3.0, device="cpu")
     tiny_model.info = {"trained_range": [-40.0, 20.0]}  # the generative preset
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tiny_model.sample(counts, 2, target_psnr=3.0, device="cpu")
-        tiny_model.sample(dim, 2, target_psnr=-12.0, device="cpu")
+        tiny_model.sample(counts, 2, target_psnr=3.0, schedule=plain, device="cpu")
+        tiny_model.sample(dim, 2, target_psnr=-12.0, gain=5.0, device="cpu")
         tiny_model.generate(1, (32, 32), target_psnr=-20.0, device="cpu")
 
 
@@ -184,3 +190,106 @@ def test_auto_precision_is_bf16_where_the_cpu_has_bf16_arithmetic(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx512_bf16: avx)
         assert use_bf16("auto", "cpu") == (amx or avx512_bf16)
+
+
+# --- the default sampler: the Dirichlet sampler tied to the trained range -------------------
+
+
+def recording_logits(model, monkeypatch) -> list[float]:
+    """Wrap the model's sampling logits function; return the list the levels (photons/px) of its inputs go to."""
+    seen: list[float] = []
+    build = model._sampling_logits_fn
+
+    def wrapped(*args, **kwargs):
+        inner = build(*args, **kwargs)
+
+        def logits(counts: torch.Tensor) -> torch.Tensor:
+            seen.extend(counts.double().mean(dim=(1, 2, 3)).tolist())
+            return inner(counts)
+
+        return logits
+
+    monkeypatch.setattr(model, "_sampling_logits_fn", wrapped)
+    return seen
+
+
+def test_the_default_sampler_never_runs_the_network_above_the_trained_top(tiny_model, poisson_image, monkeypatch):
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}  # the default preset on data at 0 dB
+    seen = recording_logits(tiny_model, monkeypatch)
+    counts = poisson_image((128, 128), 1.0)  # 0 dB: above the trained top already
+    top = 10 ** (-0.2 / 10)
+    for target in (None, 10.0):  # the default stop (2.8 dB) and one far above the trained range
+        seen.clear()
+        posterior = tiny_model.sample(counts, 3, target_psnr=target, gain=5.0, device="cpu", precision="fp32")
+        # Thinned to the top, within 5 binomial sd of its photons.
+        assert max(seen) < top * (1 + 5 / math.sqrt(top * counts.size))
+        assert len(seen) == 3 * posterior.network_calls and posterior.thinned_calls == posterior.network_calls
+    # The plain loop (an explicit schedule) runs it up to the target: what the default avoids.
+    seen.clear()
+    with pytest.warns(UserWarning, match="beyond the brightest"):
+        tiny_model.sample(counts, 1, target_psnr=10.0, schedule=PhotonSchedule(beta=1.0), device="cpu", precision="fp32")
+    assert max(seen) > 5.0
+
+
+def test_the_default_sampler_stops_3_db_above_the_trained_top(tiny_model, poisson_image):
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}
+    counts = poisson_image((64, 64), 1.0)
+    states: list[StepState] = []
+    posterior = tiny_model.sample(counts, 2, gain=5.0, device="cpu", precision="fp32", on_step=states.append)
+    levels = [float(state.photons_per_pixel.min()) for state in states]
+    target = 10 ** (2.8 / 10)
+    assert levels[-1] >= target and all(level < target for level in levels[:-1])
+    # From 0 dB with FAST_SCHEDULE's photon counts: 1 -> 1.5 -> 2.6 photons/px, two steps and the final call.
+    assert posterior.steps == 2 and posterior.network_calls == 3
+    # A model trained over the full range (--preset generative) has nothing to thin below its top.
+    tiny_model.info = {"trained_range": [-40.0, 0.0]}
+    dim = poisson_image((64, 64), 0.1)  # -10 dB
+    states.clear()
+    posterior = tiny_model.sample(dim, 2, gain=5.0, device="cpu", precision="fp32", on_step=states.append)
+    assert 10 * math.log10(float(states[-1].photons_per_pixel.min())) >= 3.0
+    # Thinned are only the calls on counts above 0 dB: those after the level passed 1 photon/px, and the final one.
+    before_each_call = [float(dim.mean())] + [float(state.photons_per_pixel.max()) for state in states]
+    assert posterior.thinned_calls == sum(level > 1.0 for level in before_each_call) < posterior.network_calls
+
+
+def test_the_gain_comes_from_the_argument_the_model_file_or_the_image(tiny_model, poisson_image, monkeypatch):
+    tiny_model.info = {"trained_range": [-3.0, -0.2], "posterior_gain": 7.5}
+    counts = poisson_image((64, 64), 1.0)
+    seen = recording_logits(tiny_model, monkeypatch)
+    stored = tiny_model.sample(counts, 2, device="cpu", precision="fp32")
+    assert stored.gain == 7.5 and stored.gain_calls == 0 and len(seen) == 2 * stored.network_calls
+    given = tiny_model.sample(counts, 2, gain=3.0, device="cpu", precision="fp32")
+    assert given.gain == 3.0 and given.gain_calls == 0
+    del tiny_model.info["posterior_gain"]
+    seen.clear()
+    estimated = tiny_model.sample(counts, 2, gain=None, device="cpu", precision="fp32")
+    # Two held-out splits at q = 0.9 of the trained top, each one network call on the image.
+    assert estimated.gain_calls == 2 and len(seen) == 2 + 2 * estimated.network_calls
+    assert max(seen[:2]) < 0.9 * 10 ** (-0.2 / 10) * 1.1
+    assert estimated.gain == tiny_model.estimate_gain(counts, seed=1_000_003, device="cpu", precision="fp32")
+    # The gain sets the spread: a larger g, narrower samples.
+    wide = tiny_model.sample(counts, 8, gain=1.0, device="cpu", precision="fp32")
+    narrow = tiny_model.sample(counts, 8, gain=100.0, device="cpu", precision="fp32")
+    assert float(narrow.std.mean()) < 0.5 * float(wide.std.mean())
+
+
+def test_the_estimated_gain_of_a_pixelwise_denoiser_is_one(tiny_model, monkeypatch):
+    """A "network" predicting each pixel's own counts (softmax = y / sum y) is worth one photon per photon."""
+    tiny_model.info = {"trained_range": [-10.0, 30.0]}
+    monkeypatch.setattr(tiny_model, "_sampling_logits_fn", lambda *args, **kwargs: lambda counts: torch.log(counts.clamp_min(1e-3)))
+    clean = np.linspace(5.0, 60.0, 256 * 256).reshape(256, 256)
+    counts = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    assert abs(tiny_model.estimate_gain(counts, fraction=0.5, repeats=4, device="cpu") - 1.0) < 0.05
+
+
+def test_final_mean_is_the_mean_of_the_final_predictive(tiny_model, poisson_image):
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}
+    counts = poisson_image((32, 32), 1.0)
+    drawn = tiny_model.sample(counts, 2, gain=5.0, seed=3, device="cpu", precision="fp32")
+    mean = tiny_model.sample(counts, 2, gain=5.0, seed=3, final="mean", device="cpu", precision="fp32")
+    total = float(counts.sum())
+    np.testing.assert_allclose(mean.samples.sum(axis=(1, 2)), total, rtol=1e-4)
+    np.testing.assert_allclose(drawn.samples.sum(axis=(1, 2)), total, rtol=1e-4)
+    assert not np.allclose(drawn.samples, mean.samples)
+    with pytest.raises(PhotongapError, match="final"):
+        tiny_model.sample(counts, 1, gain=5.0, final="median", device="cpu")

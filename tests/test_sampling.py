@@ -382,3 +382,110 @@ def test_step_state_probabilities_sum_to_one():
     recorder = Recorder()
     accumulate_photons(flat, torch.ones(2, 1, 8, 8), scale_to=None, stop=StopRule(target_psnr=1.0), generator=seeded(23), on_step=recorder)
     assert torch.allclose(recorder.states[0].probabilities.sum((1, 2, 3)), torch.ones(2))
+
+
+# --- the Dirichlet sampler ------------------------------------------------------------------
+
+
+def test_the_dirichlet_step_has_the_mean_and_variance_of_the_dirichlet_multinomial():
+    """n photons from Dir(P A) -> Poisson: mean n P_i, variance n P_i (1 + n / A) (for small P_i)."""
+    from photongap.physics import DirichletPredictive
+    from photongap.sampling import dirichlet_step
+
+    draws, n, strength = 6000, 400.0, 200.0
+    probabilities = torch.linspace(0.5, 1.5, 64).reshape(1, 1, 8, 8)
+    probabilities = probabilities / probabilities.sum()
+    predictive = DirichletPredictive(probabilities.expand(draws, -1, -1, -1), torch.full((draws,), strength, dtype=torch.float64))
+    added = dirichlet_step(predictive, torch.zeros(draws, 1, 8, 8), torch.full((draws,), n), seeded(40)).double()
+    mean = n * probabilities.double()[0]
+    variance = mean * (1 + n / strength)  # three times the Poisson variance here
+    assert ((added.mean(dim=0) - mean).abs() < 5 * (variance / draws).sqrt()).all()
+    ratio = added.var(dim=0) / variance
+    assert abs(float(ratio.mean()) - 1) < 0.03 and float(ratio.min()) > 0.85 and float(ratio.max()) < 1.15
+
+
+def test_sample_step_is_the_dirichlet_step_with_strength_s_over_kappa():
+    from photongap.physics import DirichletPredictive
+    from photongap.sampling import dirichlet_step
+
+    draws, n, kappa = 4000, 96.0, 0.5
+    logits = torch.linspace(-1.0, 1.0, 16).reshape(1, 1, 4, 4)
+    start = torch.full((draws, 1, 4, 4), 3.0)  # S = 48: A = S / kappa = 96
+    by_kappa = sample_step(logits.expand(draws, -1, -1, -1), start, torch.full((draws,), n), seeded(41), dispersion=kappa) - start
+    probabilities = torch.softmax(logits.flatten(), 0).reshape(1, 1, 4, 4).expand(draws, -1, -1, -1)
+    predictive = DirichletPredictive(probabilities, torch.full((draws,), 48.0 / kappa, dtype=torch.float64))
+    by_strength = dirichlet_step(predictive, start, torch.full((draws,), n), seeded(42)) - start
+    ratio = by_kappa.double().var(dim=0) / by_strength.double().var(dim=0)
+    assert abs(float(ratio.mean()) - 1) < 0.05
+
+
+def test_the_loop_never_runs_the_network_above_the_trained_top_and_adds_what_it_thinned_back():
+    from photongap.sampling import DirichletPosterior
+
+    seen: list[float] = []
+
+    def recording(counts: torch.Tensor) -> torch.Tensor:
+        seen.extend(counts.double().mean(dim=(1, 2, 3)).tolist())
+        return torch.zeros_like(counts)
+
+    start = noisy_image(level=4.0, side=64).expand(3, -1, -1, -1).contiguous()  # about 6 dB
+    top = 0.0  # trained up to 1 photon/px
+    result = accumulate_photons(
+        recording, start, scale_to=start.sum(dim=(1, 2, 3)), schedule=PhotonSchedule(beta=0.5), stop=StopRule(target_psnr=10.0),
+        generator=seeded(43), posterior=DirichletPosterior(gain=4.0, trained_top=top),
+    )
+    # The thinned copies are at 1 photon/px, within 5 binomial sd of 4096 photons.
+    assert max(seen) < 1.0 + 5 / math.sqrt(4096) and min(seen) > 1.0 - 5 / math.sqrt(4096)
+    assert bool(result.reached_stop.all()) and (pseudo_psnr(result.counts).flatten() >= 10.0).all()
+    assert (result.counts >= start).all()  # photons are only added
+    assert result.thinned_per_sample.tolist() == [result.steps + 1] * 3
+    torch.testing.assert_close(result.samples.double().sum(dim=(1, 2, 3)), start.double().sum(dim=(1, 2, 3)), rtol=1e-5, atol=1e-3)
+
+
+def test_the_dirichlet_loop_below_the_trained_top_does_not_thin():
+    from photongap.sampling import DirichletPosterior
+
+    seen: list[torch.Tensor] = []
+    start = noisy_image(level=1.0, side=16).expand(2, -1, -1, -1).contiguous()
+
+    def recording(counts: torch.Tensor) -> torch.Tensor:
+        seen.append(counts.clone())
+        return torch.zeros_like(counts)
+
+    states: list[StepState] = []
+    result = accumulate_photons(
+        recording, start, scale_to=None, schedule=PhotonSchedule(beta=0.5), stop=StopRule(target_psnr=5.0), generator=seeded(44),
+        posterior=DirichletPosterior(gain=2.0, trained_top=20.0), on_step=states.append,
+    )
+    # The network sees the accumulated counts themselves (nothing to thin below 20 dB).
+    assert torch.equal(seen[0], start) and torch.equal(seen[-1], result.counts)
+    assert not result.thinned_per_sample.any()
+
+
+def test_the_final_dirichlet_draw_has_the_posterior_mean_and_spread():
+    """q ~ Dir(alpha): mean alpha / A, variance P (1 - P) / (A + 1); "mean" returns alpha / A itself."""
+    from photongap.physics import DirichletPredictive
+    from photongap.sampling import Prediction, final_estimate
+
+    draws, strength = 5000, 50.0
+    probabilities = torch.tensor([0.1, 0.2, 0.3, 0.4]).reshape(1, 1, 2, 2).expand(draws, -1, -1, -1)
+    prediction = Prediction(torch.zeros(draws, 1, 2, 2), DirichletPredictive(probabilities, torch.full((draws,), strength, dtype=torch.float64)), torch.zeros(draws, dtype=torch.bool))
+    total = torch.full((draws,), 10.0)
+    drawn = final_estimate(prediction, total, "draw", seeded(45)).double() / 10.0
+    p = probabilities[0].double()
+    torch.testing.assert_close(drawn.sum(dim=(1, 2, 3)), torch.ones(draws, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    assert ((drawn.mean(dim=0) - p).abs() < 5 * (p * (1 - p) / (strength + 1) / draws).sqrt()).all()
+    assert ((drawn.var(dim=0) / (p * (1 - p) / (strength + 1)) - 1).abs() < 0.1).all()
+    torch.testing.assert_close(final_estimate(prediction, total, "mean", None).double(), 10.0 * probabilities.double())
+
+
+def test_the_stop_rule_relative_to_the_trained_range():
+    assert StopRule.above_trained(-0.2).target_psnr == pytest.approx(2.8)
+    assert StopRule.above_trained(-0.2, start_psnr=-10.0).target_psnr == pytest.approx(2.8)
+    assert StopRule.above_trained(-0.2, start_psnr=5.0).target_psnr == pytest.approx(8.0)  # brighter than trained: 3 dB above itself
+    assert StopRule.above_trained(20.0, db_above=1.0).target_psnr == pytest.approx(21.0)
+    with pytest.raises(PhotongapError, match="db_above"):
+        StopRule.above_trained(0.0, db_above=0.0)
+    counts = torch.full((2, 1, 4, 4), 1.0)
+    counts[1] *= 2.0  # 3.01 dB
+    assert StopRule.above_trained(0.0).done(counts).tolist() == [False, True]

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,13 +22,20 @@ from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE,
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model
 from photongap.network import receptive_radius
+from photongap.physics import mmse_from_logits, network_gain, split_counts
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
-from photongap.sampling import PosteriorSamples, StepState, StopRule, accumulate_photons, generate
+from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles
 
 LEVEL_TOLERANCE_DB = 3.0
 """How far (dB) sampling may start below or go above the trained range before it warns."""
+GAIN_FRACTION = 0.9
+"""Binomial fraction ``q`` of the held-out splits that estimate the posterior gain from an image."""
+GAIN_REPEATS = 2
+"""Held-out splits per gain estimate: this many network calls (one batch), once per image."""
+GAIN_ERROR_FLOOR_SD = 2.0
+"""The network's error in the gain is taken as at least this many of its standard errors (see :func:`photongap.physics.network_gain`)."""
 GENERATION_TOLERANCE_DB = 10.0
 """Generation starts from single photons, below any trained range; it warns only if the model
 was not trained within this many dB of that start (the published range goes down to -40 dB)."""
@@ -186,26 +193,73 @@ class GapModel:
         batch_size = batch_size_for(device, batch_size, on_gpu=16)
         return image_logits_fn(self.logits_fn(device, precision), shape, tile=tile, multiple=self.config.size_multiple, context=self.context, batch_size=batch_size)
 
+    def estimate_gain(
+        self,
+        counts: np.ndarray,
+        *,
+        fraction: float = GAIN_FRACTION,
+        repeats: int = GAIN_REPEATS,
+        seed: int = 0,
+        logits: LogitsFn | None = None,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        tile: int | None = DEFAULT_SAMPLE_TILE,
+    ) -> float:
+        """The network's gain ``g`` on this image, without ground truth: ``repeats`` network calls.
+
+        ``y ~ Binomial(x, q)``, ``z = x - y``, ``mu = softmax(net(y)) * sum(y)``;
+        ``g = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` pooled over the repeats
+        (:func:`photongap.physics.network_gain`). ``q`` is lowered where needed so that ``y`` is no
+        brighter than ``fraction`` times the top of the trained range. The estimate is good to
+        tens of percent (it is noisy for ``q`` near 1, and ``g`` falls with the level).
+        """
+        counts = np.asarray(counts, dtype=np.float32)
+        total = float(counts.sum(dtype=np.float64))
+        trained = self.trained_range()
+        if trained is not None and total > 0:
+            fraction = min(fraction, fraction * 10 ** (trained[1] / 10) * counts.size / total)
+        device = resolve_device(device)
+        if logits is None:
+            logits = self._sampling_logits_fn(device, precision, None, tile, counts.shape)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        image = torch.from_numpy(counts).to(device)[None, None].expand(repeats, 1, *counts.shape).contiguous()
+        split = split_counts(image, torch.full((repeats,), fraction, device=device), generator)
+        estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
+        gain = float(network_gain(estimate, split.input_counts, split.target_counts, fraction, error_floor_sd=GAIN_ERROR_FLOOR_SD))
+        if not (math.isfinite(gain) and gain > 0):
+            raise PhotongapError(f"cannot estimate the posterior gain of an image without photons ({total:g}); pass gain=")
+        return gain
+
     def sample(
         self,
         counts: np.ndarray,
         n: int = 16,
         *,
-        target_psnr: float | None = DEFAULT_TARGET_PSNR,
+        target_psnr: float | None = None,
         target_photons: float | None = None,
-        schedule: PhotonSchedule = FAST_SCHEDULE,
+        schedule: PhotonSchedule | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         tile: int | None = DEFAULT_SAMPLE_TILE,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
         on_step: Callable[[StepState], None] | None = None,
+        gain: float | None = None,
+        final: Literal["draw", "mean"] = "draw",
     ) -> PosteriorSamples:
         """Diversity denoising: ``n`` samples from the posterior of clean images given ``counts``.
 
-        Each sample starts from the noisy counts and adds ``Poisson(softmax(net(x)) * n_t)``
-        photons per step until the stop rule; the sample is the final prediction scaled to
-        the input's photons. The ``n`` samples run through the network together.
+        By default (``schedule=None``) the Dirichlet sampler, which never runs the network above
+        the top ``T`` of its trained range: each step thins the accumulated counts to ``T``,
+        predicts from the thinned copy, updates that prediction pixel by pixel with the photons
+        thinned away (:func:`photongap.physics.dirichlet_predictive`, worth ``gain`` photons per
+        input photon) and draws the step's photons from it (FAST_SCHEDULE's photon counts). It
+        stops 3 dB above ``T`` (about 3 network calls from the data level) and each sample is one
+        draw of the clean image from the final predictive, scaled to the input's photons.
+
+        With a ``schedule`` (and no ``gain``) it is the plain GAP loop: ``Poisson(softmax(net(x)) n_t)``
+        photons per step, the network run at every level up to the target (default 20 dB), the
+        sample the final prediction; ``schedule=PUBLISHED_SCHEDULE`` is the published loop.
 
         Parameters
         ----------
@@ -215,10 +269,12 @@ class GapModel:
             Number of samples.
         target_psnr, target_photons
             Stop when the accumulated image reaches this pseudo-PSNR (dB) or photon total.
-        schedule : PhotonSchedule
-            Photons per step and how they are drawn. Default: :data:`photongap.schedule.FAST_SCHEDULE`
-            (6 network calls from 1 to 100 photons/px); :data:`~photongap.schedule.PUBLISHED_SCHEDULE`
-            is the published one (beta 0.1, 50 calls).
+            Default: 3 dB above the trained top (above the image's level if that is brighter);
+            20 dB for a model without a trained range, or for the plain loop.
+        schedule : PhotonSchedule, optional
+            Photons per step and how they are drawn: the plain loop. None: the Dirichlet sampler
+            with FAST_SCHEDULE's photon counts (a schedule together with ``gain``: the Dirichlet
+            sampler with this schedule's photon counts; its ``dispersion`` is then unused).
         seed : int
             Same seed, same samples on the same device.
         batch_size : int, optional
@@ -227,6 +283,12 @@ class GapModel:
         tile : int or None
             Images larger than this are predicted tile by tile, logits stitched before the
             softmax (the same method as :meth:`denoise`).
+        gain : float, optional
+            The Dirichlet sampler's ``g``. Default: ``info["posterior_gain"]`` of the model file,
+            else :meth:`estimate_gain` on ``counts`` (2 extra network calls per image, reported
+            as ``gain_calls``).
+        final : {"draw", "mean"}
+            The Dirichlet sampler's sample: a draw from the final predictive, or its mean.
 
         Examples
         --------
@@ -239,19 +301,41 @@ class GapModel:
         if n < 1:
             raise PhotongapError("the number of samples must be at least 1")
         total = float(counts.sum(dtype=np.float64))
-        self._warn_outside(10 * math.log10(max(total, 1.0) / counts.size), target_psnr, LEVEL_TOLERANCE_DB, "sampling")
+        start_db = 10 * math.log10(max(total, 1.0) / counts.size)
         device = resolve_device(device)
+        network = self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape)
         start = torch.from_numpy(counts).to(device)[None, None].expand(n, 1, *counts.shape).contiguous()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        if schedule is not None and gain is None:
+            if target_psnr is None and target_photons is None:
+                target_psnr = DEFAULT_TARGET_PSNR
+            self._warn_outside(start_db, target_psnr, LEVEL_TOLERANCE_DB, "sampling")
+            stop = StopRule(target_psnr=target_psnr, target_photons=target_photons)
+            result = accumulate_photons(network, start, scale_to=total, schedule=schedule, stop=stop, generator=generator, on_step=on_step)
+            return PosteriorSamples.from_result(result)
+
+        trained = self.trained_range()
+        top = None if trained is None else trained[1]
+        if target_psnr is not None or target_photons is not None:
+            stop = StopRule(target_psnr=target_psnr, target_photons=target_photons)
+        elif top is not None:
+            stop = StopRule.above_trained(top, start_db)
+        else:
+            stop = StopRule(target_psnr=DEFAULT_TARGET_PSNR)
+        self._warn_outside(start_db, None, LEVEL_TOLERANCE_DB, "sampling")
+        gain_calls = 0
+        if gain is None:
+            gain = self.info.get("posterior_gain")
+        if gain is None:
+            # Its own seed stream, so that the samples of one seed do not depend on whether
+            # the gain was given or estimated.
+            gain = self.estimate_gain(counts, seed=seed + 1_000_003, logits=network, device=device)
+            gain_calls = GAIN_REPEATS
+        posterior = DirichletPosterior(gain=float(gain), trained_top=top, final=final)
         result = accumulate_photons(
-            self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape),
-            start,
-            scale_to=total,
-            schedule=schedule,
-            stop=StopRule(target_psnr=target_psnr, target_photons=target_photons),
-            generator=torch.Generator(device=device).manual_seed(seed),
-            on_step=on_step,
+            network, start, scale_to=total, schedule=schedule or FAST_SCHEDULE, stop=stop, generator=generator, on_step=on_step, posterior=posterior
         )
-        return PosteriorSamples.from_result(result)
+        return PosteriorSamples.from_result(result, gain=float(gain), gain_calls=gain_calls)
 
     def generate(
         self,

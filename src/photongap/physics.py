@@ -7,7 +7,9 @@ quantity reduces over the last two axes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -203,3 +205,141 @@ def held_out_squared_error(estimate: torch.Tensor, held_out: torch.Tensor, fract
     b = held_out.double().reshape(batch, -1)
     terms = (b / (1 - p) - estimate.double().reshape(batch, -1) / p) ** 2 - b / (1 - p) ** 2
     return terms.sum(dim=1)
+
+
+class ThinnedCounts(NamedTuple):
+    """Counts thinned to a level, and the photons thinned away: ``thinned + removed == counts``."""
+
+    thinned: torch.Tensor
+    removed: torch.Tensor
+
+
+def thin_to_level(counts: torch.Tensor, photons_per_pixel: float | torch.Tensor, generator: torch.Generator | None = None) -> ThinnedCounts:
+    """Thin each image to ``photons_per_pixel``: ``thinned ~ Binomial(counts, min(1, level / mean(counts)))``.
+
+    By Poisson thinning the result is a genuine Poisson image of the same clean image at the
+    lower level, e.g. one a network has been trained on. Images already at or below the
+    level are returned unchanged (``removed`` is zero there). Built on :func:`split_counts`.
+
+    Parameters
+    ----------
+    counts : torch.Tensor
+        ``(B, C, Y, X)`` non-negative integer-valued counts.
+    photons_per_pixel : float or torch.Tensor
+        The level to thin to (one for all images, or ``(B,)``).
+    generator : torch.Generator, optional
+        Source of randomness, on the device of ``counts``.
+
+    Examples
+    --------
+    >>> counts = torch.full((1, 1, 8, 8), 10.0)
+    >>> thinned, removed = thin_to_level(counts, 1.0, torch.Generator().manual_seed(0))
+    >>> bool((thinned + removed == counts).all())
+    True
+    """
+    batch = counts.shape[0]
+    level = torch.as_tensor(photons_per_pixel, dtype=torch.float64, device=counts.device).reshape(-1).expand(batch)
+    mean = counts.double().reshape(batch, -1).mean(dim=1)
+    fraction = (level / mean.clamp_min(torch.finfo(torch.float64).tiny)).clamp(max=1.0)
+    split = split_counts(counts, fraction, generator)
+    keep = (fraction >= 1.0).reshape(-1, *([1] * (counts.dim() - 1)))
+    thinned = torch.where(keep, counts, split.input_counts)
+    return ThinnedCounts(thinned, counts - thinned)
+
+
+class DirichletPredictive(NamedTuple):
+    """Where the next photons land, ``probabilities`` ``(B, C, Y, X)``, and how sure that is: ``strength`` ``(B,)``.
+
+    The clean image (normalised) is ``Dirichlet(probabilities * strength)``: its concentration
+    is ``alpha = probabilities * strength`` and each pixel's variance is
+    ``P_i (1 - P_i) / (strength + 1)``.
+    """
+
+    probabilities: torch.Tensor
+    strength: torch.Tensor
+
+    @property
+    def concentration(self) -> torch.Tensor:
+        """``alpha = probabilities * strength``, ``(B, C, Y, X)`` float64."""
+        return self.probabilities.double() * self.strength.double().reshape(-1, *([1] * (self.probabilities.dim() - 1)))
+
+
+def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: torch.Tensor, gain: float | torch.Tensor) -> DirichletPredictive:
+    """The network's prediction from ``thinned`` counts, updated pixel by pixel by the ``removed`` photons.
+
+    ``alpha = g * sum(y) * softmax(logits) + z``, ``A = g * sum(y) + sum(z)``, ``P = alpha / A``
+
+    (``y``: thinned, ``z``: removed). Why: the prediction ``m = softmax(net(y))`` is read as a
+    Dirichlet prior ``Dir(c m)`` on the normalised clean image ``q``. Its variance in the photon
+    units of ``y`` is about ``mu_i / g`` with ``mu = m sum(y)`` and ``c = g sum(y)``: the network is
+    worth ``g`` photons per input photon (``g = 1``: a pixel's own photons only, the Polya urn;
+    see :func:`network_gain`). Given ``q`` the removed photons ``z`` are multinomial (Poisson
+    thinning makes them independent of ``y``), so conjugacy gives the posterior
+    ``Dir(c m + z)``; its mean ``P`` is the predictive of the next photon and its strength ``A``
+    sets the spread of a step (:func:`photongap.sampling.dirichlet_step`).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, Y, X)`` the network's logits for ``thinned``.
+    thinned, removed : torch.Tensor
+        ``(B, C, Y, X)`` from :func:`thin_to_level` (``removed`` may be all zero).
+    gain : float or torch.Tensor
+        ``g > 0`` (one for all images, or ``(B,)``).
+
+    Returns
+    -------
+    DirichletPredictive
+        ``probabilities`` float32 summing to 1 per image, ``strength`` ``(B,)`` float64.
+    """
+    batch = logits.shape[0]
+    gain = torch.as_tensor(gain, dtype=torch.float64, device=logits.device).reshape(-1).expand(batch)
+    prior = gain * thinned.double().reshape(batch, -1).sum(dim=1)
+    shape = (batch, *([1] * (logits.dim() - 1)))
+    alpha = mmse_from_logits(logits, prior).double() + removed.double()
+    strength = prior + removed.double().reshape(batch, -1).sum(dim=1)
+    probabilities = alpha / strength.clamp_min(torch.finfo(torch.float64).tiny).reshape(shape)
+    return DirichletPredictive(probabilities.float(), strength)
+
+
+def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.Tensor, fraction: float, error_floor_sd: float = 0.0) -> torch.Tensor:
+    """Photons the network is worth per input photon: ``g = sum(y) / sum_i (lambda_y,i - mu_i)**2``, no ground truth.
+
+    ``g = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` for ``y ~ Binomial(x, q)``,
+    ``z = x - y`` and ``mu`` the MMSE of ``y`` (photon units of ``y``): Poisson variance over the
+    network's squared error, both at the level of ``y``. (:func:`held_out_squared_error`
+    estimates ``sum (lambda - mu/q)**2`` in the units of ``x``; times ``q**2`` it is in those of
+    ``y``, equal to ``sum[(z - r mu)**2 - z] / r**2`` with ``r = (1 - q) / q``.) The batch is
+    pooled: total photons over total error, since a single image's error estimate is noisy
+    and can be negative. ``g = 1`` is a denoiser that uses each pixel's own photons only.
+
+    The error's standard error ``se`` follows from the spread of its per-pixel terms (taken as
+    independent); with ``error_floor_sd = k > 0`` the error used is ``max(error, k se)``: never
+    below what the held-out photons can resolve, so that an error lost in their noise gives
+    the largest ``g`` the data allow rather than an infinite or negative one. (Its relative
+    noise is about ``g q / (1 - q) sqrt(2 / pixels)``: 100% for ``g = 20`` at ``q = 0.9`` on
+    256 x 256 pixels.)
+
+    Parameters
+    ----------
+    estimate : torch.Tensor
+        ``(B, ...)`` MMSE of ``thinned``, in its photon units.
+    thinned, held_out : torch.Tensor
+        ``(B, ...)`` the split ``y`` and ``z``.
+    fraction : float
+        ``q`` in (0, 1).
+    error_floor_sd : float
+        ``k`` above (0: the plain ratio).
+
+    Returns
+    -------
+    torch.Tensor
+        A float64 scalar; without a floor, infinite or negative when the error is too small
+        to resolve.
+    """
+    # One "image" per pixel: held_out_squared_error then returns each pixel's term.
+    terms = fraction**2 * held_out_squared_error(estimate.reshape(-1, 1), held_out.reshape(-1, 1), fraction)
+    error = terms.sum()
+    if error_floor_sd > 0:
+        error = torch.maximum(error, error_floor_sd * terms.std() * math.sqrt(terms.numel()))
+    return thinned.double().sum() / error

@@ -142,11 +142,20 @@ def sample(
     inputs: Annotated[list[Path], typer.Argument(help="Noisy images or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("-n", help="Samples per image.")] = 16,
-    target_psnr: TargetPsnrOption = schedules.DEFAULT_TARGET_PSNR,
+    target_psnr: Annotated[
+        Optional[float], typer.Option(help="Stop at this pseudo-PSNR (dB) of the accumulated photons (default: 3 dB above the model's trained range; 20 dB with --beta/--beta-max/--dispersion).")
+    ] = None,
     target_photons: Annotated[Optional[float], typer.Option(help="Or stop at this many photons per image.")] = None,
-    beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far (published: 0.1).")] = schedules.FAST_SCHEDULE.beta,
-    beta_max: BetaMaxOption = beta_max_default(schedules.FAST_SCHEDULE),
-    dispersion: DispersionOption = schedules.FAST_SCHEDULE.dispersion,
+    beta: Annotated[
+        Optional[float], typer.Option(help=f"Photons added per step, as a fraction of those so far (published: 0.1; default: {schedules.FAST_SCHEDULE.beta:g}). Any of --beta/--beta-max/--dispersion runs the plain GAP loop (the network at every level) instead of the Dirichlet sampler.")
+    ] = None,
+    beta_max: BetaMaxOption = None,
+    dispersion: Annotated[Optional[float], typer.Option(help=f"With the plain loop: the spread a pixel-wise posterior adds within each step (0: published Poisson draw; default: {schedules.FAST_SCHEDULE.dispersion:g}).")] = None,
+    posterior_gain: Annotated[
+        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon; default: the model file's, else estimated from each image, 2 network calls).")
+    ] = None,
+    final: Annotated[str, typer.Option(help="The Dirichlet sampler's sample: 'draw' (one draw of the clean image given the final photons) or 'mean'.")] = "draw",
+    check: Annotated[bool, typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth; one more sampling run on half the photons).")] = False,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,
@@ -162,15 +171,24 @@ def sample(
 ) -> None:
     """Diversity denoising: posterior samples, their mean and per-pixel std (NAME_samples/_mean/_std.tif),
     in the photon units of the input. Stacks are sampled plane by plane."""
-    from photongap.io import check_new_outputs, find_images, output_paths
+    from photongap.camera import CountsView
+    from photongap.io import check_new_outputs, find_images, iter_planes, output_paths
     from photongap.model import load
     from photongap.movie import MovieRecorder
     from photongap.pipeline import read_images, sample_file
+    from photongap.posterior_check import check_calibration
 
     if target_photons is not None:
         target_psnr = None
     camera = camera_from_options(gain, offset, calibration)
-    schedule = schedule_from_options(beta, beta_max, dispersion)
+    schedule = None
+    if beta is not None or beta_max is not None or dispersion is not None:
+        fast = schedules.FAST_SCHEDULE
+        schedule = schedule_from_options(
+            fast.beta if beta is None else beta, beta_max_default(fast) if beta_max is None else beta_max, fast.dispersion if dispersion is None else dispersion
+        )
+    options = dict(target_psnr=target_psnr, target_photons=target_photons, schedule=schedule, gain=posterior_gain, final=final)
+    common = dict(seed=seed, batch_size=batch_size, tile=tile or None, device=device.value, precision=precision.value)
     paths = find_images(inputs)
     targets = output_paths(paths, out, ("_samples", "_mean", "_std"), extension=".tif")
     check_new_outputs([path for group in targets for path in group], overwrite)
@@ -187,17 +205,15 @@ def sample(
                 camera=camera,
                 output_units=output_units.value,
                 overwrite=overwrite,
-                target_psnr=target_psnr,
-                target_photons=target_photons,
-                schedule=schedule,
-                seed=seed,
-                batch_size=batch_size,
-                tile=tile or None,
-                device=device.value,
-                precision=precision.value,
                 on_step=on_step,
+                **options,
+                **common,
             )
         console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
+        for index, plane in iter_planes(image) if check else ():
+            result = check_calibration(network, CountsView(plane, camera, str(image.path))[:, :], max(n, 4), **options, **common)
+            where = f" plane {index}" if index else ""
+            console.print(f"check {image.path.name}{where}: the samples' central 80% would hold {result.implied_coverage:.0%} of the truth (0.80: calibrated; from held-out photons)")
     if recorder is not None:
         recorder.save(movie)
         console.print(f"movie written to {movie}")

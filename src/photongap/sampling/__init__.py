@@ -1,9 +1,11 @@
 """Posterior sampling and generation by accumulating photons.
 
-Three separate pieces, as in diffusers: :func:`sample_step` adds one batch of predicted
-photons, a :class:`StopRule` says when an image is finished, and :func:`accumulate_photons`
-is the loop that owns them (and reports each step through ``on_step``). Generation
-(:func:`generate`) is the same loop started from an empty canvas.
+Three separate pieces, as in diffusers: :func:`sample_step` (or :func:`dirichlet_step`) adds
+one batch of predicted photons, a :class:`StopRule` says when an image is finished, and
+:func:`accumulate_photons` is the loop that owns them (and reports each step through
+``on_step``). Generation (:func:`generate`) is the same loop started from an empty canvas.
+For a network trained on dim data, a :class:`DirichletPosterior` makes the loop predict
+from copies thinned to the trained range (:mod:`photongap.sampling.predictive`).
 
 The sampler never touches an ``nn.Module``: it calls a :data:`LogitsFn`, a plain function
 from counts to logits. The caller wraps the network in it (device, autocast,
@@ -11,7 +13,11 @@ channels_last, tiling), e.g. ``lambda counts: net(counts)`` under ``torch.no_gra
 """
 
 from photongap.sampling.loop import PosteriorSamples, SamplingResult, StepState, accumulate_photons, generate
-from photongap.sampling.step import sample_step
-from photongap.sampling.stop import StopRule, expected_network_calls
+from photongap.sampling.predictive import DirichletPosterior, Prediction, final_estimate, predict
+from photongap.sampling.step import dirichlet_step, draw_photons, sample_step
+from photongap.sampling.stop import DB_ABOVE_TRAINED, StopRule, expected_network_calls
 
-__all__ = ["PosteriorSamples", "SamplingResult", "StepState", "StopRule", "accumulate_photons", "expected_network_calls", "generate", "sample_step"]
+__all__ = [
+    "DB_ABOVE_TRAINED", "DirichletPosterior", "PosteriorSamples", "Prediction", "SamplingResult", "StepState", "StopRule",
+    "accumulate_photons", "dirichlet_step", "draw_photons", "expected_network_calls", "final_estimate", "generate", "predict", "sample_step",
+]

@@ -11,7 +11,8 @@ import torch
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, photons_per_pixel, pseudo_psnr
 from photongap.runtime import LogitsFn
-from photongap.sampling.step import sample_step
+from photongap.sampling.predictive import DirichletPosterior, checked_logits, final_estimate, predict
+from photongap.sampling.step import dirichlet_step, sample_step
 from photongap.sampling.stop import StopRule
 from photongap.schedule import PUBLISHED_SCHEDULE, PhotonSchedule
 
@@ -34,6 +35,9 @@ class StepState:
         ``(B,)`` level of each image after this step.
     done : torch.Tensor
         ``(B,)`` bool, images that have reached the stop rule (frozen from now on).
+    predictive : torch.Tensor or None
+        ``(A, 1, Y, X)`` where the step's photons were drawn from, when that is not the
+        softmax of ``logits`` (the Dirichlet sampler: ``logits`` are then of a thinned copy).
     """
 
     step: int
@@ -42,10 +46,13 @@ class StepState:
     active: torch.Tensor
     photons_per_pixel: torch.Tensor
     done: torch.Tensor
+    predictive: torch.Tensor | None = None
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """``(A, 1, Y, X)`` softmax of ``logits`` over each image: where the next photon lands."""
+        """``(A, 1, Y, X)`` where the next photon lands: the predictive, else the softmax of ``logits``."""
+        if self.predictive is not None:
+            return self.predictive
         return mmse_from_logits(self.logits, torch.ones(self.logits.shape[0], device=self.logits.device))
 
 
@@ -56,7 +63,8 @@ class SamplingResult:
     Attributes
     ----------
     samples : torch.Tensor
-        ``(B, 1, Y, X)`` the final estimate of each image, ``softmax(logits(counts)) * scale_to``.
+        ``(B, 1, Y, X)`` the final estimate of each image, ``softmax(logits(counts)) * scale_to``
+        (the Dirichlet sampler: a draw from, or the mean of, the final predictive, times ``scale_to``).
     counts : torch.Tensor
         ``(B, 1, Y, X)`` the accumulated photons at the end.
     steps : int
@@ -65,6 +73,9 @@ class SamplingResult:
         ``(B,)`` steps each image took before it was frozen.
     reached_stop : torch.Tensor
         ``(B,)`` bool; False where ``max_steps`` ended the loop before the image's target.
+    thinned_per_sample : torch.Tensor or None
+        ``(B,)`` network calls (the final one included) whose input was a thinned copy of the
+        image: each is one binomial thinning draw. None without a Dirichlet posterior.
     """
 
     samples: torch.Tensor
@@ -72,6 +83,7 @@ class SamplingResult:
     steps: int
     steps_per_sample: torch.Tensor
     reached_stop: torch.Tensor
+    thinned_per_sample: torch.Tensor | None = None
 
     @property
     def network_calls(self) -> int:
@@ -94,7 +106,14 @@ class PosteriorSamples:
     steps : int
         Photon-adding steps of the longest sample.
     network_calls : int
-        Network calls per sample, including the final estimate.
+        Network calls per sample, including the final estimate (not the gain's).
+    thinned_calls : int
+        Of those, the calls made on a thinned copy (each after one binomial thinning draw).
+    gain : float or None
+        The Dirichlet sampler's gain ``g`` (None: the plain loop).
+    gain_calls : int
+        Network calls spent estimating ``g`` from the image, once for all samples (0 when
+        given or read from the model file).
     """
 
     samples: np.ndarray
@@ -102,12 +121,16 @@ class PosteriorSamples:
     std: np.ndarray
     steps: int
     network_calls: int
+    thinned_calls: int = 0
+    gain: float | None = None
+    gain_calls: int = 0
 
     @classmethod
-    def from_result(cls, result: SamplingResult) -> PosteriorSamples:
+    def from_result(cls, result: SamplingResult, gain: float | None = None, gain_calls: int = 0) -> PosteriorSamples:
         samples = result.samples[:, 0].float().cpu().numpy()
         std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(samples[0])
-        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls)
+        thinned = 0 if result.thinned_per_sample is None else int(result.thinned_per_sample.max())
+        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls, thinned, gain, gain_calls)
 
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -157,16 +180,6 @@ def _check_scale(scale_to: torch.Tensor | float | None, batch: int, device: torc
     return scale
 
 
-def _logits(logits_fn: LogitsFn, counts: torch.Tensor, step: int) -> torch.Tensor:
-    logits = logits_fn(counts)
-    if not isinstance(logits, torch.Tensor) or logits.shape != counts.shape:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise PhotongapError(f"the logits function returned shape {shape} for counts of shape {tuple(counts.shape)}")
-    if torch.isnan(logits).any():
-        raise PhotongapError(f"the logits function returned NaN at step {step}")
-    return logits
-
-
 def accumulate_photons(
     logits_fn: LogitsFn,
     counts: torch.Tensor,
@@ -176,6 +189,7 @@ def accumulate_photons(
     stop: StopRule = StopRule(),
     generator: torch.Generator | None = None,
     on_step: Callable[[StepState], None] | None = None,
+    posterior: DirichletPosterior | None = None,
 ) -> SamplingResult:
     """Posterior samples: add predicted photons to ``counts`` until the stop rule holds.
 
@@ -184,6 +198,14 @@ def accumulate_photons(
     ``logits_fn``, so they cost no further network work. At the end one more
     call on the final counts gives each sample ``softmax(logits_fn(x)) * scale_to``: the
     clean image given all accumulated photons, in the photon units of ``scale_to``.
+
+    With a :class:`DirichletPosterior` each step predicts with
+    :func:`~photongap.sampling.predictive.predict` instead (the network runs on a copy thinned
+    to the trained top whenever ``x`` is brighter, the photons thinned away update it pixel
+    by pixel) and draws from the Dirichlet-multinomial predictive
+    (:func:`~photongap.sampling.step.dirichlet_step`: the schedule's ``dispersion`` is replaced
+    by the predictive's own strength). The sample is one draw ``q ~ Dir(alpha_T)`` of the
+    final predictive times ``scale_to`` (``final="draw"``), or its mean.
 
     Parameters
     ----------
@@ -205,6 +227,8 @@ def accumulate_photons(
     on_step : callable, optional
         Called with a :class:`StepState` after every step (progress, movies). Tensors in
         it are not modified later, but copy what you keep to save memory.
+    posterior : DirichletPosterior, optional
+        The Dirichlet sampler's gain, trained top and ending; None: the plain loop above.
 
     Returns
     -------
@@ -226,15 +250,23 @@ def accumulate_photons(
     _check_start(counts, stop)
 
     steps_per_sample = torch.zeros(batch, dtype=torch.long, device=counts.device)
+    thinned_per_sample = torch.zeros(batch, dtype=torch.long, device=counts.device)
     done = torch.zeros(batch, dtype=torch.bool, device=counts.device)
     active = torch.arange(batch, device=counts.device)
     step = 0
     while active.numel() > 0 and step < stop.max_steps:
         step += 1
         current = counts[active]
-        logits = _logits(logits_fn, current, step)
         photons = schedule.photons_to_add(current.double().sum(dim=(1, 2, 3)), num_pixels)
-        updated = sample_step(logits, current, photons, generator, schedule.dispersion)
+        predictive = None
+        if posterior is None:
+            logits = checked_logits(logits_fn, current, step)
+            updated = sample_step(logits, current, photons, generator, schedule.dispersion)
+        else:
+            prediction = predict(logits_fn, current, posterior, generator, step)
+            logits, predictive = prediction.logits, prediction.predictive.probabilities
+            thinned_per_sample = thinned_per_sample.index_add(0, active, prediction.thinned.long())
+            updated = dirichlet_step(prediction.predictive, current, photons, generator)
         # A new tensor each step (not an in-place write), so the counts handed to
         # on_step stay as they were when a callback keeps them.
         counts = counts.index_copy(0, active, updated)
@@ -243,12 +275,17 @@ def accumulate_photons(
         done = done.index_copy(0, active, finished)
         if on_step is not None:
             level = photons_per_pixel(counts.double()).reshape(-1)
-            on_step(StepState(step, counts, logits, active, level, done))
+            on_step(StepState(step, counts, logits, active, level, done, predictive))
         active = active[~finished]
 
-    final_logits = _logits(logits_fn, counts, step + 1)
     total = scale if scale is not None else counts.double().sum(dim=(1, 2, 3))
-    return SamplingResult(mmse_from_logits(final_logits, total), counts, step, steps_per_sample, done)
+    if posterior is None:
+        final_logits = checked_logits(logits_fn, counts, step + 1)
+        return SamplingResult(mmse_from_logits(final_logits, total), counts, step, steps_per_sample, done)
+    prediction = predict(logits_fn, counts, posterior, generator, step + 1)
+    thinned_per_sample = thinned_per_sample + prediction.thinned.long()
+    samples = final_estimate(prediction, total, posterior.final, generator)
+    return SamplingResult(samples, counts, step, steps_per_sample, done, thinned_per_sample)
 
 
 def generate(
@@ -261,6 +298,7 @@ def generate(
     generator: torch.Generator | None = None,
     on_step: Callable[[StepState], None] | None = None,
     device: torch.device | str | None = None,
+    posterior: DirichletPosterior | None = None,
 ) -> SamplingResult:
     """New images from an empty canvas: :func:`accumulate_photons` started from zeros.
 
@@ -276,7 +314,7 @@ def generate(
         ``(Y, X)`` of the images.
     n : int
         Number of images.
-    schedule, stop, generator, on_step
+    schedule, stop, generator, on_step, posterior
         As for :func:`accumulate_photons`.
     device : torch.device or str, optional
         Where the canvas lives (default: the generator's device, else CPU).
@@ -294,5 +332,5 @@ def generate(
         device = generator.device if generator is not None else "cpu"
     canvas = torch.zeros(n, 1, int(shape[0]), int(shape[1]), device=device)
     return accumulate_photons(
-        logits_fn, canvas, scale_to=None, schedule=schedule, stop=stop, generator=generator, on_step=on_step
+        logits_fn, canvas, scale_to=None, schedule=schedule, stop=stop, generator=generator, on_step=on_step, posterior=posterior
     )

@@ -11,6 +11,12 @@ from photongap.errors import PhotongapError
 from photongap.physics import pseudo_psnr
 from photongap.schedule import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
 
+DB_ABOVE_TRAINED = 3.0
+"""Where sampling stops by default: this many dB (3 dB: twice the photons) above the top of the trained range.
+
+The network is never run above its trained top (the sampler thins to it), so going further
+only costs network calls; the final Dirichlet draw supplies the uncertainty still left."""
+
 
 @dataclass(frozen=True)
 class StopRule:
@@ -41,6 +47,23 @@ class StopRule:
             raise PhotongapError(f"stop target_photons must be positive, got {self.target_photons}")
         if self.max_steps < 1:
             raise PhotongapError(f"stop max_steps must be at least 1, got {self.max_steps}")
+
+    @classmethod
+    def above_trained(cls, trained_top: float, start_psnr: float | None = None, db_above: float = DB_ABOVE_TRAINED, max_steps: int = 10_000) -> StopRule:
+        """Stop ``db_above`` dB above the top of the trained range (``trained_top``, dB).
+
+        An image that starts brighter than the trained top (``start_psnr``) stops ``db_above``
+        dB above its own level instead, so that it still takes a step.
+
+        Examples
+        --------
+        >>> StopRule.above_trained(-0.2).target_psnr
+        2.8
+        """
+        if not (math.isfinite(trained_top) and math.isfinite(db_above) and db_above > 0):
+            raise PhotongapError(f"above_trained needs a finite trained top and db_above > 0, got {trained_top}, {db_above}")
+        base = trained_top if start_psnr is None or not math.isfinite(start_psnr) else max(trained_top, start_psnr)
+        return cls(target_psnr=round(base + db_above, 10), target_photons=None, max_steps=max_steps)
 
     def done(self, counts: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool: which images of ``counts`` ``(B, 1, Y, X)`` have reached a target."""

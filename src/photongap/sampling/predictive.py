@@ -1,0 +1,105 @@
+"""The prediction a sampling step draws from, for a network trained only on dimmer data.
+
+A network trained with binomial splits has never seen an input brighter than its training
+data, and above that level its predictions degrade (from 5-30 times the level they are worse
+than the raw counts). :func:`predict` therefore never runs it there: it thins the accumulated
+counts back to the top of the trained range, predicts from the thinned copy, and puts the
+photons thinned away back in as a pixel-wise Dirichlet update
+(:func:`photongap.physics.dirichlet_predictive`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from photongap.errors import PhotongapError
+from photongap.physics import DirichletPredictive, dirichlet_predictive, thin_to_level
+from photongap.runtime import LogitsFn
+
+
+@dataclass(frozen=True)
+class DirichletPosterior:
+    """How the sampler predicts and ends for a network worth ``gain`` photons per input photon.
+
+    Attributes
+    ----------
+    gain : float
+        ``g`` of :func:`photongap.physics.network_gain`: the prediction from ``y`` counts as
+        ``g * sum(y)`` photons of evidence.
+    trained_top : float or None
+        Pseudo-PSNR (dB) of the brightest inputs the network was trained on; the network is
+        run on a copy thinned to it whenever the counts are brighter. None: never thin.
+    final : {"draw", "mean"}
+        The sample: one draw ``q ~ Dir(alpha_T)`` of the clean image given the final counts
+        (the uncertainty left at the end, at no extra network call), or its mean ``alpha_T / A_T``.
+    """
+
+    gain: float
+    trained_top: float | None = None
+    final: Literal["draw", "mean"] = "draw"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gain) and self.gain > 0):
+            raise PhotongapError(f"the posterior gain must be a positive number, got {self.gain}")
+        if self.trained_top is not None and not math.isfinite(self.trained_top):
+            raise PhotongapError(f"trained_top must be a finite pseudo-PSNR in dB, got {self.trained_top}")
+        if self.final not in ("draw", "mean"):
+            raise PhotongapError(f"final must be 'draw' or 'mean', got {self.final!r}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One network call's prediction: ``logits`` of the (thinned) input and the combined predictive.
+
+    ``thinned`` ``(B,)`` bool marks the images whose input was thinned.
+    """
+
+    logits: torch.Tensor
+    predictive: DirichletPredictive
+    thinned: torch.Tensor
+
+
+def checked_logits(logits_fn: LogitsFn, counts: torch.Tensor, step: int) -> torch.Tensor:
+    """``logits_fn(counts)``, with a clear error for a wrong shape or NaN."""
+    logits = logits_fn(counts)
+    if not isinstance(logits, torch.Tensor) or logits.shape != counts.shape:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PhotongapError(f"the logits function returned shape {shape} for counts of shape {tuple(counts.shape)}")
+    if torch.isnan(logits).any():
+        raise PhotongapError(f"the logits function returned NaN at step {step}")
+    return logits
+
+
+def predict(logits_fn: LogitsFn, counts: torch.Tensor, posterior: DirichletPosterior, generator: torch.Generator | None, step: int) -> Prediction:
+    """Thin to the trained top where brighter, run the network, combine: one network call.
+
+    ``y = thin_to_level(x, T)``, ``z = x - y``; ``alpha = g sum(y) softmax(net(y)) + z``. At or
+    below the top ``z = 0``, and the predictive is the network's own, of strength ``g sum(x)``.
+    """
+    if posterior.trained_top is None:
+        thinned, removed = counts, torch.zeros_like(counts)
+    else:
+        thinned, removed = thin_to_level(counts, 10.0 ** (posterior.trained_top / 10.0), generator)
+    logits = checked_logits(logits_fn, thinned, step)
+    predictive = dirichlet_predictive(logits, thinned, removed, posterior.gain)
+    return Prediction(logits, predictive, removed.reshape(removed.shape[0], -1).sum(dim=1) > 0)
+
+
+def final_estimate(prediction: Prediction, total: torch.Tensor, final: Literal["draw", "mean"], generator: torch.Generator | None) -> torch.Tensor:
+    """The sample in photon units of ``total`` ``(B,)``: ``q * total`` with ``q ~ Dir(alpha)``, or ``P * total``.
+
+    A Dirichlet draw is independent Gamma draws normalised to one (in float64, so that the
+    tiny concentrations of dark pixels do not all round to zero).
+    """
+    shape = (-1, *([1] * (prediction.logits.dim() - 1)))
+    total = total.to(prediction.logits.device, torch.float64).reshape(shape)
+    if final == "mean":
+        return (prediction.predictive.probabilities.double() * total).float()
+    alpha = prediction.predictive.concentration.clamp_min(torch.finfo(torch.float64).tiny)
+    gamma = torch._standard_gamma(alpha, generator=generator)
+    share = gamma / gamma.reshape(gamma.shape[0], -1).sum(dim=1).clamp_min(torch.finfo(torch.float64).tiny).reshape(shape)
+    return (share * total).float()

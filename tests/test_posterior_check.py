@@ -1,0 +1,87 @@
+"""The ground-truth-free calibration check: about 0.8 for samples right by construction, far off for wrong ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from photongap.errors import PhotongapError
+from photongap.posterior_check import check_calibration, implied_coverage, spread_skill
+
+
+def gamma_toy(seed: int = 0, shape: tuple[int, int] = (96, 96), p: float = 0.5, n: int = 16):
+    """A scene whose posterior is known exactly: lambda ~ Gamma(k, rate beta) per pixel, x ~ Poisson(lambda),
+    a ~ Binomial(x, p) ~ Poisson(p lambda); given a, p lambda ~ Gamma(k + a, rate beta / p + 1).
+
+    Returns the exact posterior samples of p lambda given a, and the held-out b = x - a."""
+    rng = np.random.default_rng(seed)
+    k = np.linspace(2.0, 40.0, shape[0] * shape[1]).reshape(shape)  # a range of brightness and spread
+    beta = 0.5
+    clean = rng.gamma(k, 1 / beta)
+    x = rng.poisson(clean)
+    a = rng.binomial(x, p)
+    samples = rng.gamma(k + a, 1 / (beta / p + 1), size=(n, *shape))
+    return samples, (x - a).astype(np.float64), p
+
+
+def test_implied_coverage_is_the_nominal_one_when_error_and_spread_agree():
+    assert implied_coverage(1.0) == pytest.approx(0.8, abs=1e-4)
+    assert implied_coverage(1.0, nominal=0.5) == pytest.approx(0.5, abs=1e-4)
+    assert implied_coverage(4.0) < 0.5 and implied_coverage(0.25) > 0.95
+
+
+def test_the_check_reads_about_80_percent_on_exact_posterior_samples():
+    readings = [spread_skill(*gamma_toy(seed)).implied_coverage for seed in range(3)]
+    assert all(0.77 < reading < 0.83 for reading in readings), readings
+    check = spread_skill(*gamma_toy(0))
+    assert len(check.per_bin) == 10 and all(0.6 < ratio < 1.6 for ratio in check.error_to_spread)
+
+
+def test_the_check_reads_far_lower_on_samples_too_narrow_and_higher_on_samples_too_wide():
+    samples, held_out, p = gamma_toy(1)
+    mean = samples.mean(axis=0)
+    narrow = mean + 0.4 * (samples - mean)  # a third of the spread: a calibrated 80% interval would cover about 35%
+    wide = mean + 2.0 * (samples - mean)
+    assert spread_skill(narrow, held_out, p).implied_coverage < 0.5
+    assert spread_skill(wide, held_out, p).implied_coverage > 0.95
+    # A biased sampler: right spread, shifted by one posterior sd, reads low too.
+    shifted = samples + samples.std(axis=0)
+    assert spread_skill(shifted, held_out, p).implied_coverage < 0.7
+
+
+def test_the_check_rejects_what_it_cannot_use():
+    samples, held_out, p = gamma_toy(2, shape=(8, 8), n=4)
+    with pytest.raises(PhotongapError, match="n >= 4"):
+        spread_skill(samples[:3], held_out, p)
+    with pytest.raises(PhotongapError, match="fraction"):
+        spread_skill(samples, held_out, 1.0)
+
+
+def test_check_calibration_samples_half_the_photons_of_the_image(tiny_model, poisson_image, monkeypatch):
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}
+    counts = poisson_image((32, 32), 2.0)
+    seen = []
+    sample = tiny_model.sample
+    monkeypatch.setattr(tiny_model, "sample", lambda image, n, **options: seen.append((image.copy(), n, options)) or sample(image, n, **options))
+    check = check_calibration(tiny_model, counts, 4, gain=5.0, device="cpu")
+    (kept, n, options), = seen
+    assert n == 4 and options["gain"] == 5.0 and (kept <= counts).all()
+    assert abs(float(kept.sum()) / float(counts.sum()) - 0.5) < 5 * np.sqrt(0.25 / counts.sum())
+    assert 0.0 <= check.implied_coverage <= 1.0 and check.fraction == 0.5
+    with pytest.raises(PhotongapError, match="at least 4"):
+        check_calibration(tiny_model, counts, 3, gain=5.0, device="cpu")
+
+
+def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from photongap.cli import app
+
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}
+    tiny_model.save(tmp_path / "model.pt")
+    tifffile.imwrite(tmp_path / "cell.tif", poisson_image((32, 32), 1.0))
+    result = CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "cell.tif"), "-o", str(tmp_path / "out"), "-n", "4", "--posterior-gain", "4", "--device", "cpu", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "check cell.tif: the samples' central 80% would hold" in result.output
+    assert "3 network calls each" in result.output  # 0 dB -> 2.8 dB: two steps and the final draw
