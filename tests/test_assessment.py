@@ -182,7 +182,7 @@ def test_assess_bad_input_is_one_line_and_writes_nothing(trained_run, options, m
 
 def test_plan_exposure_through_the_cli(trained_run):
     root, _, _ = trained_run
-    result = cli("plan-exposure", root / "data", "-o", root / "plan", "--fractions", 1, "--fractions", 0.25, "--config", root / "tiny.yaml", "--steps", 4)
+    result = cli("plan-exposure", root / "data", "-o", root / "plan", "--fractions", "1,0.25", "--config", root / "tiny.yaml", "--steps", 4)
     assert result.returncode == 0, result.stderr
     plan = json.loads((root / "plan" / "plan.json").read_text())
     assert [point["fraction"] for point in plan["fractions"]] == [1.0, 0.25]

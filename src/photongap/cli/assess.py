@@ -72,14 +72,29 @@ def assess(
     console.print(f"[green]assessed[/] {len(planes)} image(s) -> {out}" + (f", {plot}" if plot else ""))
 
 
+def parse_fractions(values: list[str]) -> list[float]:
+    """``["1,0.5", "0.1"]`` -> ``[1.0, 0.5, 0.1]``, each checked to lie in (0, 1]."""
+    from photongap.exposure import thin
+
+    try:
+        fractions = [float(item) for value in values for item in value.replace(",", " ").split()]
+    except ValueError:
+        raise PhotongapError(f"--fractions takes numbers in (0, 1], e.g. 1,0.5,0.25,0.1; got {' '.join(values)!r}") from None
+    for fraction in fractions:
+        thin([], fraction)
+    if not fractions:
+        raise PhotongapError("--fractions needs at least one light dose")
+    return fractions
+
+
 @app.command("plan-exposure")
 def plan_exposure(
     data: Annotated[list[Path], typer.Argument(help="Noisy photon-count images or folders: the last plane(s) are held out for grading, as in 'train'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder: plan.json, plan.png and one training run per fraction.")],
-    fractions: Annotated[list[float], typer.Option("--fractions", help="Light doses to plan for, fractions of the data's in (0, 1]; repeat or list.")] = [1.0, 0.5, 0.25, 0.1],  # noqa: B006
+    fractions: Annotated[list[str], typer.Option("--fractions", help="Light doses to plan for, fractions of the data's in (0, 1]: repeat the option or give a list, --fractions 1,0.5,0.25,0.1.")] = ["1,0.5,0.25,0.1"],  # noqa: B006
     time_limit: Annotated[Optional[float], typer.Option(help="Minutes for all the training together (shared equally among the fractions).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML with 'model' and 'training' sections, as for 'train'.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Training preset, as for 'train' [default: default].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Training preset, as for 'train' (the default preset if omitted).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps per fraction.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the thinning.")] = 0,
     device: DeviceOption = Device.auto,
@@ -92,13 +107,11 @@ def plan_exposure(
     against dose (plan.png) with a recommendation. MSEs are in photons² at the ORIGINAL exposure.
     Read noise does not thin: with read noise near a photon or more the plan is optimistic at low doses."""
     from photongap.exposure import plan_exposure as run_plan
-    from photongap.exposure import thin
     from photongap.io import find_images
     from photongap.pipeline import training_planes
     from photongap.runtime import resolve_device
 
-    for fraction in fractions:
-        thin([], fraction)
+    fractions = parse_fractions(fractions)
     if time_limit is not None and time_limit <= 0:
         raise PhotongapError(f"--time-limit must be positive, got {time_limit:g}")
     if (out / "plan.json").exists():
