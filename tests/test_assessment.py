@@ -15,7 +15,7 @@ import yaml
 
 import photongap
 
-from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
+from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
 from photongap.exposure import thin
 
 SHAPE = (32, 32)
@@ -200,3 +200,25 @@ def test_thinning_is_a_dimmer_poisson_acquisition():
     thinned = np.stack(thin([rng.poisson(clean).astype(np.float32) for _ in range(400)], 0.3, seed=1))
     assert thinned.mean() == pytest.approx(0.3 * clean.mean(), rel=0.01)
     assert thinned.var(axis=0).mean() == pytest.approx(0.3 * clean.mean(), rel=0.05)  # Poisson: variance = mean
+
+
+class FixedModel:
+    """A stand-in for GapModel: a blur as its denoiser, and whatever training record it is given."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def denoise(self, counts, device="auto"):
+        return blur(counts)
+
+
+def test_assess_planes_flags_training_planes_and_models_without_a_record():
+    planes = [np.random.default_rng(seed).poisson(scene()).astype(np.float32) for seed in range(2)]
+    known = FixedModel({"data": {"plane_hashes": [plane_hash(planes[0])], "validation_hashes": []}})
+    with pytest.warns(UserWarning, match="a.tif was used to train"):
+        report = assess_planes(known, planes, ["a.tif", "b.tif"], repeats=2)
+    assert [image["trained_on"] for image in report["images"]] == [True, False] and len(report["warnings"]) == 1
+    assert report["summary"]["mse"] == pytest.approx(np.mean([image["mse"] for image in report["images"]]))
+    with pytest.warns(UserWarning, match="does not record its training images"):
+        report = assess_planes(FixedModel({}), planes, ["a.tif", "b.tif"], repeats=2)
+    assert [image["trained_on"] for image in report["images"]] == [None, None]

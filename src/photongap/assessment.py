@@ -292,6 +292,9 @@ def assess_planes(
         if seen:
             notes.append(f"{name} was used to train this model: its grade is optimistic (the network has seen these photons)")
         images.append({"path": str(name), **result.to_dict(), "trained_on": seen})
+    if any(image["trained_on"] is None for image in images):
+        notes.append("this model file does not record its training images (trained before photongap stored their fingerprints): "
+                     "a graded image it was trained on would look better than it is")
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return {"images": images, "summary": summarise(images), "warnings": notes,
