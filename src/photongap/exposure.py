@@ -46,7 +46,7 @@ class ExposurePoint:
 
     ``mse``/``mse_std``/``psnr``: denoised validation images (held-out estimate, mean over them);
     ``noisy_mse``/``noisy_psnr``: the raw thinned counts scaled to the original exposure
-    (``mean(counts) / f**2``, the Poisson variance); ``psnr`` values use the denoised images' range.
+    (``mean(counts) / f**2``, the Poisson variance); PSNRs use one data range for all fractions.
     """
 
     fraction: float
@@ -59,16 +59,40 @@ class ExposurePoint:
     run: str
 
 
-def point_from_assessment(fraction: float, report: Mapping[str, Any], validation: Sequence[np.ndarray], steps: int, run: str) -> ExposurePoint:
-    """Convert a run's ``assessment.json`` (photon units of the thinned data) to the original exposure."""
+def point_from_assessment(fraction: float, report: Mapping[str, Any], validation: Sequence[np.ndarray], steps: int, run: str,
+                          data_range: float | None = None) -> ExposurePoint:
+    """Convert a run's ``assessment.json`` (photon units of the thinned data) to the original exposure.
+
+    ``data_range`` (original exposure) for the PSNRs: give every fraction the same one (the full
+    dose's denoised range) so that they compare; by default this fraction's own.
+    """
     images = report["images"]
     scale = 1.0 / fraction**2
     mse = float(np.mean([image["mse"] for image in images])) * scale
     mse_std = float(np.sqrt(np.sum([image["mse_std"] ** 2 for image in images])) / len(images)) * scale
-    data_range = float(np.mean([image["data_range"] for image in images])) / fraction
+    if data_range is None:
+        data_range = float(np.mean([image["data_range"] for image in images])) / fraction
     noisy = float(np.mean([plane.mean(dtype=np.float64) for plane in validation])) * scale
     psnr = 10 * math.log10(data_range**2 / mse) if mse > 0 else float("nan")
     return ExposurePoint(fraction, mse, mse_std, psnr, noisy, 10 * math.log10(data_range**2 / noisy), steps, run)
+
+
+def write_plan(out: Path, runs: Sequence[tuple[float, Mapping[str, Any], Sequence[np.ndarray], int, str]]) -> dict[str, Any]:
+    """``plan.json`` and ``plan.png`` from ``(fraction, assessment report, validation planes, steps, run)`` per fraction.
+
+    All PSNRs use the data range of the brightest fraction's denoised images.
+    """
+    from photongap.plotting import plot_exposure_plan
+
+    runs = sorted(runs, key=lambda run: -run[0])
+    brightest = runs[0]
+    data_range = float(np.mean([image["data_range"] for image in brightest[1]["images"]])) / brightest[0]
+    points = [point_from_assessment(*run, data_range=data_range) for run in runs]
+    plan = {"fractions": [asdict(point) for point in points], "data_range": data_range, "recommendation": recommendation(points)}
+    with atomic_output(out / "plan.json") as partial:
+        partial.write_text(json.dumps(plan, indent=2))
+    plot_exposure_plan(plan, out / "plan.png")
+    return plan
 
 
 def recommendation(points: Sequence[ExposurePoint], tolerance_db: float = 1.0) -> str:
@@ -77,7 +101,12 @@ def recommendation(points: Sequence[ExposurePoint], tolerance_db: float = 1.0) -
     good = [point for point in points if point.psnr >= full.psnr - tolerance_db]
     best = min(good, key=lambda point: point.fraction)
     if best.fraction == full.fraction:
-        return f"keep the full dose: every lower dose loses more than {tolerance_db:g} dB"
+        lower = [point for point in points if point.fraction < full.fraction]
+        if not lower:
+            return f"only the full dose was planned ({full.psnr:.1f} dB)"
+        nearest = max(lower, key=lambda point: point.fraction)
+        return (f"keep the full dose: {nearest.fraction:g} of the light already loses {full.psnr - nearest.psnr:.2f} dB "
+                f"(more than {tolerance_db:g} dB)")
     return (f"{best.fraction:g} of the light keeps the denoised PSNR within {tolerance_db:g} dB of the full dose "
             f"({best.psnr:.1f} vs {full.psnr:.1f} dB): {1 / best.fraction:.3g}x less light")
 
@@ -112,7 +141,6 @@ def plan_exposure(
     """
     from photongap.config import load_yaml
     from photongap.data import hold_out
-    from photongap.plotting import plot_exposure_plan
     from photongap.training import train
 
     fractions = sorted({float(f) for f in fractions}, reverse=True)
@@ -124,7 +152,7 @@ def plan_exposure(
     changes = dict(overrides or {})
     if time_limit_minutes is not None:
         changes["time_limit_minutes"] = time_limit_minutes / len(fractions)
-    points = []
+    runs = []
     for number, fraction in enumerate(fractions):
         if on_fraction is not None:
             on_fraction(fraction, number)
@@ -136,9 +164,5 @@ def plan_exposure(
             raise PhotongapError("plan-exposure needs validation images: give at least two planes (or one tall enough to hold rows out)")
         training = load_yaml(run_dir / "config.yaml")[1]  # the validation planes are those the run held out
         validation = hold_out(thinned, training.val_fraction, training.patch_size)[1]
-        points.append(point_from_assessment(fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir)))
-    plan = {"fractions": [asdict(point) for point in points], "recommendation": recommendation(points)}
-    with atomic_output(out / "plan.json") as partial:
-        partial.write_text(json.dumps(plan, indent=2))
-    plot_exposure_plan(plan, out / "plan.png")
-    return plan
+        runs.append((fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir)))
+    return write_plan(out, runs)
