@@ -101,7 +101,7 @@ class GapModel:
         return trained_range_from_info(self.info)
 
     def describe(self) -> dict[str, Any]:
-        """What ``photongap info`` shows: provenance, size, trained range and data statistics."""
+        """What ``photongap info`` shows: provenance, size, trained range, data statistics and the validation assessment."""
         trained = self.trained_range()
         return {
             "photongap_version": self.version,
@@ -115,6 +115,7 @@ class GapModel:
             "steps_done": self.info.get("steps_done"),
             "data": self.info.get("data"),
             "training": self.info.get("training"),
+            "assessment": self.info.get("assessment"),
         }
 
     def _warn_outside(self, start_db: float, target_db: float | None, tolerance: float, what: str) -> None:

@@ -97,3 +97,42 @@ def plot_photon_transfer(ptc: PhotonTransfer, calibration: Calibration, path: st
     axes.legend(loc="lower right", fontsize=8)
     _save(figure, Path(path))
 
+
+
+def plot_assessment(report: dict, path: str | Path) -> None:
+    """Held-out MSE against split fraction per image, with the extrapolated full-exposure estimate (``photongap assess``)."""
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.add_subplot()
+    for number, image in enumerate(report["images"]):
+        colour = f"C{number % 10}"
+        axes.plot(image["fractions"], image["mse_at_fraction"], "o", color=colour, markersize=4)
+        axes.errorbar([1.0], [image["mse"]], yerr=[image["mse_std"]], fmt="*", color=colour, markersize=9, capsize=3,
+                      label=f"{Path(image['path']).name}: {image['psnr']:.1f} dB" + (" (trained on)" if image.get("trained_on") else ""))
+    axes.set_xlabel("split fraction p (input share of the photons)")
+    axes.set_ylabel("held-out MSE (photons² / px, full exposure)")
+    axes.set_title("Estimated error of the denoised images (★: full exposure, extrapolated)", fontsize=10)
+    axes.grid(alpha=0.3)
+    if len(report["images"]) <= 12:
+        axes.legend(fontsize=7)
+    _save(figure, Path(path))
+
+
+def plot_exposure_plan(plan: dict, path: str | Path) -> None:
+    """Estimated PSNR of denoised and noisy images against light dose, with the recommendation (``photongap plan-exposure``)."""
+    points = sorted(plan["fractions"], key=lambda point: point["fraction"])
+    fraction = np.array([point["fraction"] for point in points])
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.add_subplot()
+    psnr = np.array([point["psnr"] for point in points])
+    # PSNR error bars from the MSE's: d(PSNR) = 10 / ln(10) * d(MSE) / MSE.
+    error = np.array([10 / np.log(10) * point["mse_std"] / point["mse"] if point["mse"] > 0 else np.nan for point in points])
+    axes.errorbar(fraction, psnr, yerr=error, fmt="o-", capsize=3, label="denoised (estimated from held-out photons)")
+    axes.plot(fraction, [point["noisy_psnr"] for point in points], "s--", color="0.5", label="noisy input")
+    axes.set_xscale("log")
+    axes.set_xticks(fraction, [f"{value:g}" for value in fraction])
+    axes.set_xlabel("light dose (fraction of the acquired photons)")
+    axes.set_ylabel("PSNR (dB, at the full exposure)")
+    axes.set_title(plan.get("recommendation", ""), fontsize=8, wrap=True)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, Path(path))

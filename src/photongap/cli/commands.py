@@ -286,6 +286,12 @@ def info(
             f"  data      {data.get('images')} image(s), {data.get('pixels'):,} px, {data.get('photons_per_pixel', float('nan')):.3g} photons/px "
             f"({data.get('pseudo_psnr', float('nan')):.1f} dB), brightest pixel {data.get('max_count', float('nan')):g}"
         )
+    assessment = description.get("assessment")
+    if assessment and assessment.get("images"):
+        lines.append(
+            f"  assessed  {assessment['images']} validation image(s) by held-out photons: MSE {assessment['mse']:.4g} ± {assessment['mse_std']:.2g} "
+            f"photons²/px, PSNR {assessment['psnr']:.2f} dB, held-out NLL {assessment['nll_per_photon']:.4f} nats/photon"
+        )
     console.print("\n".join(lines), highlight=False)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from photongap.config import ModelConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
 from photongap.config import preset as preset_configs
-from photongap.data import GapDataModule
+from photongap.data import GapDataModule, hold_out
 from photongap.errors import PhotongapError
 from photongap.io import atomic_output
 from photongap.modelfile import save_model
@@ -51,12 +51,16 @@ class RunConfig:
     preset: str
 
 
-def data_statistics(images: Sequence[np.ndarray]) -> dict[str, float]:
+def data_statistics(images: Sequence[np.ndarray], validation: Sequence[np.ndarray] = ()) -> dict[str, Any]:
     """Photon statistics of the training data, stored with the model.
 
     ``pseudo_psnr`` is that of all images together; ``min_image_psnr`` and ``max_image_psnr``
     those of the dimmest and the brightest image (dB, ``-inf`` for an image without photons).
+    ``plane_hashes`` fingerprint every plane given (:func:`photongap.assessment.plane_hash`) and
+    ``validation_hashes`` the held-out ones, so that an assessment can tell a training image.
     """
+    from photongap.assessment import plane_hash
+
     total = float(sum(image.sum(dtype=np.float64) for image in images))
     pixels = int(sum(image.size for image in images))
     mean = total / pixels
@@ -69,6 +73,8 @@ def data_statistics(images: Sequence[np.ndarray]) -> dict[str, float]:
         "min_image_psnr": min(levels),
         "max_image_psnr": max(levels),
         "max_count": float(max(image.max() for image in images)),
+        "plane_hashes": [plane_hash(image) for image in images],
+        "validation_hashes": [plane_hash(image) for image in validation],
     }
 
 
@@ -90,6 +96,26 @@ def trained_range(data: Mapping[str, float], config: TrainConfig) -> list[float]
         return [data["min_image_psnr"] + min(config.split_min_psnr, 0.0), data["max_image_psnr"] + min(config.split_max_psnr, 0.0)]
     high = min(config.split_max_psnr, data["max_image_psnr"])
     return [min(config.split_min_psnr, high), high]
+
+
+def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info: dict[str, Any], validation: Sequence[np.ndarray],
+                      run_dir: Path, device: str) -> dict[str, Any]:
+    """Grade the held-out validation images with :func:`photongap.assessment.assess_planes`; write ``assessment.json``.
+
+    Returns the summary stored in the model's ``info["assessment"]``. Validation planes cut from
+    a single image (its bottom rows) are graded as they were held out.
+    """
+    import json
+
+    from photongap.assessment import assess_planes
+    from photongap.model import GapModel
+
+    model = GapModel(network.eval(), model_config, info)
+    names = [f"validation {number}" for number in range(len(validation))]
+    report = assess_planes(model, validation, names, device=device)
+    with atomic_output(run_dir / "assessment.json") as partial:
+        partial.write_text(json.dumps(report, indent=2))
+    return {**report["summary"], "file": "assessment.json"}
 
 
 def stored_preset(checkpoint: Path) -> str:
@@ -154,6 +180,7 @@ def train(
     progress: bool = True,
     callbacks: Sequence[L.Callback] = (),
     extra_info: dict[str, Any] | None = None,
+    assess: bool = True,
 ) -> TrainResult:
     """Train a GAP network on noisy photon-count images alone.
 
@@ -182,6 +209,9 @@ def train(
     extra_info : dict, optional
         Added to the model file's ``info``, which also holds the training configuration,
         ``preset``, ``steps_done``, the data's photon statistics and ``trained_range``.
+    assess : bool
+        At the end, grade the validation images by held-out splits (:mod:`photongap.assessment`):
+        ``run_dir/assessment.json``, and its summary in the model's ``info["assessment"]``.
 
     Examples
     --------
@@ -258,7 +288,8 @@ def train(
     elapsed = time.monotonic() - started
     model_path = run_dir / "model.pt"
     if trainer.is_global_zero:
-        data = data_statistics(images)
+        validation = hold_out(images, train_config.val_fraction, train_config.patch_size)[1]
+        data = data_statistics(images, validation)
         info = {
             "preset": run.preset,
             "training": to_dict(train_config),
@@ -267,6 +298,8 @@ def train(
             "trained_range": trained_range(data, train_config),
             **(extra_info or {}),
         }
+        if assess and validation:
+            info["assessment"] = assess_validation(module.inference_network, model_config, info, validation, run_dir, accelerator)
         save_model(model_path, module.inference_network, model_config, info)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")
     return TrainResult(model_path, trainer.global_step, elapsed, stopped_early=trainer.global_step < train_config.steps, main_process=trainer.is_global_zero)
