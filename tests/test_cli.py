@@ -141,7 +141,7 @@ def trained(tmp_path_factory) -> Trained:
 
 
 def test_train_writes_the_run_folder(trained):
-    assert sorted(p.name for p in trained.run.iterdir()) == ["config.yaml", "last.ckpt", "loss.png", "metrics.csv", "model.pt"]
+    assert sorted(p.name for p in trained.run.iterdir()) == ["assessment.json", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "model.pt"]
     header, steps = read_metrics(trained.run / "metrics.csv")
     assert header == METRICS_FIELDS
     assert len(steps) >= 2 and steps == sorted(steps) and steps[0] < steps[-1] == TRAIN_STEPS

@@ -248,7 +248,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, tiny_
     with pytest.raises(OSError, match="No space"):
         quick_train(run_dir, tiny_config, steps=6, val_every=2, resume=True)
     assert (run_dir / "last.ckpt").read_bytes() == before
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.ckpt", "loss.png", "metrics.csv", "model.pt"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["assessment.json", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "model.pt"]
 
 
 def test_a_failed_config_write_keeps_the_stored_config(tmp_path, tiny_config, monkeypatch):

@@ -113,7 +113,9 @@ class GapModel:
             "trained_range_db": list(trained) if trained else None,
             "trained_range_photons_per_px": [10 ** (level / 10) for level in trained] if trained else None,
             "steps_done": self.info.get("steps_done"),
-            "data": self.info.get("data"),
+            "data": {key: value for key, value in (self.info.get("data") or {}).items() if not key.endswith("_hashes")} or None,
+            "fingerprinted_planes": len((self.info.get("data") or {}).get("plane_hashes", [])),
+            "posterior_gain": self.info.get("posterior_gain"),
             "training": self.info.get("training"),
             "assessment": self.info.get("assessment"),
         }

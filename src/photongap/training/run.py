@@ -100,10 +100,13 @@ def trained_range(data: Mapping[str, float], config: TrainConfig) -> list[float]
 
 def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info: dict[str, Any], validation: Sequence[np.ndarray],
                       run_dir: Path, device: str) -> dict[str, Any]:
-    """Grade the held-out validation images with :func:`photongap.assessment.assess_planes`; write ``assessment.json``.
+    """Grade the held-out validation images; write ``assessment.json``; measure the posterior gain.
 
-    Returns the summary stored in the model's ``info["assessment"]``. Validation planes cut from
-    a single image (its bottom rows) are graded as they were held out.
+    Returns what goes into the model's ``info``: ``assessment``, the summary of
+    :func:`photongap.assessment.assess_planes`, and ``posterior_gain``, the median over the
+    validation planes of :meth:`photongap.model.GapModel.estimate_gain` (what the posterior
+    sampler would otherwise estimate on every image it samples, from that image alone).
+    Validation planes cut from a single image (its bottom rows) are graded as they were held out.
     """
     import json
 
@@ -115,7 +118,8 @@ def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info:
     report = assess_planes(model, validation, names, device=device)
     with atomic_output(run_dir / "assessment.json") as partial:
         partial.write_text(json.dumps(report, indent=2))
-    return {**report["summary"], "file": "assessment.json"}
+    gains = [model.estimate_gain(plane, repeats=4, device=device) for plane in validation if float(plane.sum()) > 0]
+    return {"assessment": {**report["summary"], "file": "assessment.json"}, **({"posterior_gain": float(np.median(gains))} if gains else {})}
 
 
 def stored_preset(checkpoint: Path) -> str:
@@ -299,7 +303,7 @@ def train(
             **(extra_info or {}),
         }
         if assess and validation:
-            info["assessment"] = assess_validation(module.inference_network, model_config, info, validation, run_dir, accelerator)
+            info.update(assess_validation(module.inference_network, model_config, info, validation, run_dir, accelerator))
         save_model(model_path, module.inference_network, model_config, info)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")
     return TrainResult(model_path, trainer.global_step, elapsed, stopped_early=trainer.global_step < train_config.steps, main_process=trainer.is_global_zero)
