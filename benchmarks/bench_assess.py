@@ -4,11 +4,13 @@ Simulates held-out test images (never trained on) at each photon level with a se
 training data's, denoises them with the trained model, and compares the held-out estimate of the
 MSE (no ground truth) with the true MSE against the clean image scaled to the same exposure.
 
-    PYTHONPATH=src python benchmarks/bench_assess.py --models /tmp/posterior/models \
-        --sets demo hubble --levels 1 0.1 [--hubble /tmp/data2/hubble.npz] [--json out.json]
+    .venv/bin/python benchmarks/bench_assess.py \
+        --sets demo hubble --levels 1 0.1 [--models DIR] [--json out.json]
 
-Models are read from MODELS/{set}_{level:g}_default/model.pt. Prints one table per set and
-level (true dB, estimated dB, error) and the mean / worst |error| per set and level.
+The data sets are the embedded demo sample and the Hubble deep field (benchmarks/data). The
+models are the default preset trained 600 steps on each set's training images at each level
+(noise seed 0), cached in DIR/{set}_{level:g}_default (bench-output/models; trained if missing).
+Prints one table per set and level (true dB, estimated dB, error) and the mean / worst |error|.
 """
 
 from __future__ import annotations
@@ -17,20 +19,15 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import OUTPUT, default_model, ground_truth
 from photongap.assessment import DEFAULT_FRACTIONS, DEFAULT_REPEATS, assess_counts, photon_noise_floor
-from photongap.model import GapModel
-from photongap.sample_data import clean_at_level, load_sample_data
+from photongap.sample_data import clean_at_level
 
-
-def test_images(name: str, hubble: str) -> list[np.ndarray]:
-    if name == "demo":
-        return load_sample_data().test
-    arrays = dict(np.load(hubble))
-    return [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith("test_")]
 
 
 def power_law(mse_at_fraction: list[float], fractions: list[float]) -> float:
@@ -45,8 +42,7 @@ def power_law(mse_at_fraction: list[float], fractions: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="/tmp/posterior/models")
-    parser.add_argument("--hubble", default="/tmp/data2/hubble.npz")
+    parser.add_argument("--models", default=str(OUTPUT / "models"), help="where the default-preset models are cached (trained 600 steps if missing)")
     parser.add_argument("--sets", nargs="+", default=["demo", "hubble"])
     parser.add_argument("--levels", nargs="+", type=float, default=[1.0, 0.1])
     parser.add_argument("--fractions", nargs="+", type=float, default=list(DEFAULT_FRACTIONS))
@@ -59,11 +55,11 @@ def main() -> None:
     rows = []
     for name in args.sets:
         for level in args.levels:
-            model = GapModel.load(f"{args.models}/{name}_{level:g}_default/model.pt")
+            model = default_model(name, level, Path(args.models))
             rng = np.random.default_rng(args.seed)
             print(f"\n{name} at {level:g} photons/px: image, true MSE dB, estimated dB, error dB, power-law dB, z, +1 sigma of the photon-noise floor in dB")
-            for index, ground_truth in enumerate(test_images(name, args.hubble)):
-                clean = clean_at_level(ground_truth, level)
+            for index, clean_image in enumerate(ground_truth(name)[1]):
+                clean = clean_at_level(clean_image, level)
                 counts = rng.poisson(clean).astype(np.float32)
                 denoised = model.denoise(counts, device="cpu")
                 true_mse = float(np.mean((clean.astype(np.float64) - denoised) ** 2))

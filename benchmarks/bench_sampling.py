@@ -38,7 +38,7 @@ FAST_SCHEDULE's plain loop to 20 dB), e.g. on a default-preset model trained at 
 
     .venv/bin/python benchmarks/bench_sampling.py --model PATH --data demo|hubble --level 1 [--samplers before after]
 
-(``--data hubble`` reads ``--hubble /tmp/data2/hubble.npz``: the test tiles ``test_*`` as ground truth.)
+(``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
 
 The models must know images as bright as the stopping level, so both are trained on the demo
 training images at 100 photons/px, for about the same time on a 2-core CPU (``TRAINING_STEPS``:
@@ -66,6 +66,9 @@ from photongap.physics import split_counts
 from photongap.posterior_check import CHECK_FRACTION, spread_skill
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
 from photongap.schedule import FAST_SCHEDULE, PhotonSchedule
+
+HUBBLE = Path(__file__).resolve().parent / "data" / "hubble_deep_field.npz"
+"""The second real data set: scikit-image's Hubble deep field (see data/make_hubble.py)."""
 
 # "model": which trained model (a preset); "samples": per call of GapModel.sample; "batch":
 # images per network call (None: the default).
@@ -272,7 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="photongap's model, trained on bright demo data (default: train one, see train_bright_model); with --data: the model to evaluate")
     parser.add_argument("--data", choices=["demo", "hubble"], help="evaluate --model on this data set's held-out images at --level (the second mode)")
-    parser.add_argument("--hubble", default="/tmp/data2/hubble.npz", help="the hubble data set (.npz with test_* images)")
+    parser.add_argument("--hubble", default=str(HUBBLE), help="the hubble data set (.npz with test_* images)")
     parser.add_argument("--samplers", nargs="*", default=["before", "after"], choices=list(SAMPLERS), help="with --data: samplers to compare")
     parser.add_argument("--threads", type=int, default=1, help="with --data: torch threads")
     parser.add_argument("--paper-model", help="the published configuration's model, likewise (default: train one)")

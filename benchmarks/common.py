@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import json
 import statistics
 import sys
@@ -67,3 +69,32 @@ def report(name: str, results: dict) -> None:
     (OUTPUT / f"{name}.json").write_text(json.dumps(results, indent=2))
     json.dump(results, sys.stdout, indent=2)
     print()
+
+
+HUBBLE = Path(__file__).resolve().parent / "data" / "hubble_deep_field.npz"
+"""The second real data set: scikit-image's Hubble deep field (see data/make_hubble.py)."""
+
+
+def ground_truth(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(train, test)`` clean images of a data set: ``demo`` (the embedded sample) or ``hubble``."""
+    from photongap.sample_data import load_sample_data
+
+    if name == "demo":
+        data = load_sample_data()
+        return data.train, data.test
+    arrays = dict(np.load(HUBBLE))
+    return [[arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)] for prefix in ("train_", "test_")]
+
+
+def default_model(name: str, photons_per_pixel: float, models: Path = OUTPUT / "models", steps: int = 600) -> GapModel:
+    """The default preset trained ``steps`` steps on a data set's training images at a level (noise seed 0), cached in ``models``."""
+    from photongap.sample_data import simulate_counts
+    from photongap.training import train
+
+    run = Path(models) / f"{name}_{photons_per_pixel:g}_default"
+    if not (run / "model.pt").exists():
+        rng = np.random.default_rng(0)
+        noisy = [simulate_counts(image, photons_per_pixel, rng) for image in ground_truth(name)[0]]
+        shutil.rmtree(run, ignore_errors=True)
+        train(noisy, run, overrides={"steps": steps}, progress=False)
+    return GapModel.load(run / "model.pt")
