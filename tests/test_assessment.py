@@ -154,6 +154,7 @@ def test_train_writes_the_validation_assessment_and_info_shows_it(trained_run):
     assert posterior.gain == pytest.approx(model.info["posterior_gain"]) and posterior.gain_calls == 0
     shown = cli("info", run / "model.pt")
     assert shown.returncode == 0 and "assessed  1 validation image(s)" in shown.stderr + shown.stdout
+    assert f"posterior gain {model.info['posterior_gain']:.3g}" in shown.stderr + shown.stdout
 
 
 def test_assess_report_contract_and_training_image_warning(trained_run):

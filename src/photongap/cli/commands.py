@@ -292,6 +292,8 @@ def info(
             f"  assessed  {assessment['images']} validation image(s) by held-out photons: MSE {assessment['mse']:.4g} ± {assessment['mse_std']:.2g} "
             f"photons²/px, PSNR {assessment['psnr']:.2f} dB, held-out NLL {assessment['nll_per_photon']:.4f} nats/photon"
         )
+    if description.get("posterior_gain") is not None:
+        lines.append(f"  sampling  posterior gain {description['posterior_gain']:.3g} (the network is worth that many photons per input photon; measured on the validation images)")
     console.print("\n".join(lines), highlight=False)
 
 
