@@ -10,8 +10,11 @@ at ``--fraction``, in photons² at the ORIGINAL exposure and averaged over the h
 * the true MSE of a model trained on an actual acquisition at that level (``--actual-model``)
   on fresh acquisitions of the same test images.
 
-    PYTHONPATH=src python benchmarks/bench_plan_exposure.py --plan /tmp/assess_plan/plan \
-        --actual-model /tmp/posterior/models/demo_0.1_default/model.pt --fraction 0.1
+    .venv/bin/python benchmarks/bench_plan_exposure.py --plan PLAN_DIR \
+        --actual-model bench-output/models/demo_0.1_default/model.pt --fraction 0.1
+
+(``bench_assess.py`` trains and caches that model: the default preset, 600 steps, on the demo
+training images simulated at 0.1 photons/px.)
 """
 
 from __future__ import annotations
