@@ -181,7 +181,7 @@ def assess_counts(
         raise PhotongapError(f"assessment takes one 2D image, got shape {counts.shape}")
     if repeats < 1:
         raise PhotongapError("assessment needs at least one split per fraction")
-    weights = extrapolation_weights(fractions)
+    extrapolation_weights(fractions)  # refuses unusable fractions before any work
     if counts.sum() <= 0:
         raise PhotongapError("cannot assess an image without photons")
     generator = torch.Generator().manual_seed(seed)
@@ -200,21 +200,22 @@ def assess_counts(
     estimate = torch.from_numpy(estimates)[:, None]
     pixels = counts.size
     held_out = held_out_squared_error(estimate, split.target_counts, p).numpy()
-    # The same held-out photons grade the zero image: an estimate of sum(lambda**2) that shares
-    # their shot noise, which the whole image's sum(x**2 - x) estimates far more precisely.
-    zero = held_out_squared_error(torch.zeros_like(estimate), split.target_counts, p).numpy()
-    counts64 = counts.astype(np.float64)
-    signal_power = float(np.sum(counts64**2 - counts64))
     if method == "held_out":
         errors = held_out / pixels
-    elif method == "control":
-        errors = (held_out - zero + signal_power) / pixels
     else:
+        # The same held-out photons grade the zero image: an estimate of sum(lambda**2) that shares
+        # their shot noise, which the whole image's sum(x**2 - x) estimates far more precisely.
+        zero = held_out_squared_error(torch.zeros_like(estimate), split.target_counts, p).numpy()
+        counts64 = counts.astype(np.float64)
+        signal_power = float(np.sum(counts64**2 - counts64))
+    if method == "control":
+        errors = (held_out - zero + signal_power) / pixels
+    elif method != "held_out":
         scaled = (estimate.double().reshape(len(p), -1) / p.double()[:, None]) ** 2
         cross = (scaled.sum(dim=1).numpy() - (held_out - zero)) / 2  # estimates sum(lambda * estimate / p)
         errors = (signal_power + float(np.sum(np.asarray(denoised, dtype=np.float64) ** 2)) - 2 * cross) / pixels
     errors = errors.reshape(len(fractions), repeats)
-    per_repeat = weights @ errors  # (repeats,): the extrapolation of each repeat's splits
+    per_repeat = full_exposure_mse(errors.T, fractions)  # (repeats,): the extrapolation of each repeat's splits
     mse = float(per_repeat.mean())
     split_variance = float(per_repeat.var(ddof=1) / repeats) if repeats > 1 else float("nan")
     mse_std = math.sqrt(split_variance + photon_noise_floor(denoised) ** 2)
