@@ -3,11 +3,15 @@
 It holds the weights, the :class:`~photongap.config.ModelConfig` that rebuilds the network,
 the package version and ``info`` (the training configuration, the data's photon statistics,
 the trained range of levels, the preset). It loads with ``torch.load(weights_only=True)``:
-no code is unpickled.
+no code is unpickled. A BioImage Model Zoo package written by ``photongap export``
+(:mod:`photongap.bioimage`) loads too: its ``pytorch_state_dict`` weights and the same
+configuration and ``info`` under ``config.photongap`` of its ``rdf.yaml`` (no bioimageio needed).
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from photongap.network import GapUNet
 
 FORMAT = "photongap-model"
 FORMAT_VERSION = 3  # 2: sine_levels became encoding_levels, next to encoding; 3: log_channel
+PACKAGE_FORMAT = "photongap-bioimage"
+"""``config.photongap.format`` of a package made by ``photongap export``."""
 
 
 def save_model(path: str | Path, network: nn.Module, config: ModelConfig, info: dict[str, Any]) -> Path:
@@ -52,6 +58,8 @@ def load_model(path: str | Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], 
     path = Path(path)
     if not path.is_file():
         raise PhotongapError(f"{path}: model file not found")
+    if zipfile.is_zipfile(path) and _package_description(path) is not None:
+        return _load_package(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for foreign or truncated files
@@ -64,9 +72,49 @@ def load_model(path: str | Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], 
             f"{path}: model format {version} from photongap {payload.get('photongap_version')} is not supported by this version (format {FORMAT_VERSION})"
         )
     config = from_dict(ModelConfig, payload["model_config"], f"{path}, model_config")
+    return _network(path, config, payload["state_dict"]), config, dict(payload.get("info") or {}), str(payload.get("photongap_version", "unknown"))
+
+
+def _network(path: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GapUNet:
     network = GapUNet(config)
     try:
-        network.load_state_dict(payload["state_dict"])
+        network.load_state_dict(state_dict)
     except (RuntimeError, KeyError) as error:
         raise PhotongapError(f"{path}: weights do not fit the stored configuration ({str(error).splitlines()[0]})") from None
-    return network.eval(), config, dict(payload.get("info") or {}), str(payload.get("photongap_version", "unknown"))
+    return network.eval()
+
+
+def _package_description(path: Path) -> dict[str, Any] | None:
+    """The ``rdf.yaml`` of a zip package, or None for a zip without one (a torch file is a zip too)."""
+    import yaml
+
+    with zipfile.ZipFile(path) as package:
+        names = [name for name in package.namelist() if name in ("rdf.yaml", "bioimageio.yaml")]
+        if not names:
+            return None
+        try:
+            description = yaml.safe_load(package.read(names[0]))
+        except yaml.YAMLError:
+            raise PhotongapError(f"{path}: the package's {names[0]} is not valid YAML") from None
+    return description if isinstance(description, dict) else None
+
+
+def _load_package(path: Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], str]:
+    """A model from a package made by ``photongap export``: its state-dict weights and ``config.photongap``."""
+    description = _package_description(path) or {}
+    stored = (description.get("config") or {}).get("photongap") or {}
+    if stored.get("format") != PACKAGE_FORMAT:
+        raise PhotongapError(f"{path}: a BioImage Model Zoo package, but not one made by 'photongap export' (no config.photongap)")
+    if stored.get("format_version") != FORMAT_VERSION:
+        raise PhotongapError(f"{path}: package of model format {stored.get('format_version')} from photongap {stored.get('photongap_version')} "
+                             f"is not supported by this version (format {FORMAT_VERSION})")
+    source = ((description.get("weights") or {}).get("pytorch_state_dict") or {}).get("source")
+    try:
+        with zipfile.ZipFile(path) as package:
+            state = torch.load(io.BytesIO(package.read(str(source))), map_location="cpu", weights_only=True)
+    except Exception:  # a missing member (KeyError) or a foreign or truncated weights file
+        raise PhotongapError(f"{path}: the package's pytorch_state_dict weights ({source}) are missing or unreadable") from None
+    # The package's module wraps the network as its attribute `network`.
+    state_dict = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
+    config = from_dict(ModelConfig, stored.get("model_config"), f"{path}, model_config")
+    return _network(path, config, state_dict), config, dict(stored.get("info") or {}), str(stored.get("photongap_version", "unknown"))

@@ -1,0 +1,269 @@
+"""Export a model as a BioImage Model Zoo package (spec 0.5), tested by bioimageio.core before it is written.
+
+The package holds TorchScript weights (what deepImageJ runs) and ``pytorch_state_dict``
+weights whose architecture imports :class:`photongap.bioimage_module.GapBioimageModule`, test
+tensors from a real image at the training level, a ``noisy | denoised`` cover, a README and,
+under ``config.photongap``, what :func:`photongap.modelfile.load_model` needs to read the
+package back as a model. bioimageio is imported here only, when a package is made.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from photongap import bioimage_docs as docs
+from photongap.bioimage_module import PAD_VALUE, exportable, scripted
+from photongap.config import to_dict
+from photongap.errors import PhotongapError
+from photongap.io import atomic_output, check_new_outputs
+from photongap.modelfile import FORMAT_VERSION, PACKAGE_FORMAT
+from photongap.tiling import tile_margin
+
+TAGS = ["photongap", "gap", "denoising", "shot-noise", "photon-counting", "self-supervised", "pytorch", "fluorescence-light-microscopy"]
+DEFAULT_BLOCKS = 10
+"""bioimageio.core's default block size parameter ``n`` (blocks of ``min + n * step`` px): what the README's tiling figure uses."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written package: where, its halo, the tiled-vs-whole difference measured on its test image, the time taken."""
+
+    path: Path
+    halo: int
+    tiling: dict[str, float] | None
+    seconds: float
+    versions: dict[str, str]
+
+
+def space_axes(dims: int) -> tuple[str, ...]:
+    """The package's spatial axis ids for a model of ``dims`` dimensions: ``("y", "x")`` or ``("z", "y", "x")``."""
+    return ("z", "y", "x")[-dims:]
+
+
+def halo_of(model: Any) -> int:
+    """Context a consumer's tile needs: the receptive radius, rounded up to the size multiple (:func:`photongap.tiling.tile_margin`)."""
+    return tile_margin(0, model.context, model.config.size_multiple)
+
+
+def _versions() -> dict[str, str]:
+    import bioimageio.core
+    import bioimageio.spec
+
+    return {"bioimageio.core": bioimageio.core.__version__, "bioimageio.spec": bioimageio.spec.__version__}
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.name.lower().endswith(".zip"):
+        raise PhotongapError(f"{out}: a BioImage Model Zoo package is a .zip file, e.g. NAME.bioimage.io.zip")
+    check_new_outputs([out], overwrite)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise PhotongapError(f"{out}: the folder {folder} does not exist")
+    if not _writable(folder):
+        raise PhotongapError(f"{out}: cannot write to the folder {folder}")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _description(model: Any, files: dict[str, Path], *, name: str, authors: list[str], license: str, halo: int,
+                 side: int, camera: dict[str, float] | None) -> Any:
+    from bioimageio.spec.model import v0_5 as spec
+
+    multiple = model.config.size_multiple
+    axes = space_axes(getattr(model.config, "dims", 2))
+    counts, denoised = spec.TensorId("counts"), spec.TensorId("denoised")
+    inputs = spec.InputTensorDescr(
+        id=counts,
+        description="photon counts (whole numbers >= 0); pad with -1",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("counts")])]
+        + [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=2 * halo + multiple, step=multiple)) for axis in axes],
+        test_tensor=spec.FileDescr(source=files["test_input"]),
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        pad=spec.ConstantPadding(value=PAD_VALUE),
+    )
+    outputs = spec.OutputTensorDescr(
+        id=denoised,
+        description="MMSE denoised image, expected photons per pixel at the input's exposure",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("denoised")])]
+        + [spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), size=spec.SizeReference(tensor_id=counts, axis_id=spec.AxisId(axis)), halo=halo)
+           for axis in axes],
+        test_tensor=spec.FileDescr(source=files["test_output"]),
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+    )
+    pytorch_version = spec.Version(torch.__version__.split("+")[0])
+    weights = spec.WeightsDescr(
+        pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+            source=files["state_dict"],
+            architecture=spec.ArchitectureFromLibraryDescr(
+                callable=spec.Identifier("GapBioimageModule"), import_from="photongap.bioimage_module", kwargs={"model_config": to_dict(model.config)}
+            ),
+            pytorch_version=pytorch_version,
+        ),
+        torchscript=spec.TorchscriptWeightsDescr(source=files["torchscript"], pytorch_version=pytorch_version, parent="pytorch_state_dict"),
+    )
+    photongap_config = {
+        "format": PACKAGE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "photongap_version": model.version,
+        "model_config": to_dict(model.config),
+        "info": model.info,
+        "halo": halo,
+        "camera": camera,
+    }
+    return spec.ModelDescr(
+        name=name,
+        description=f"GAP shot-noise removal for photon counts (photongap {model.version}); output in the input's photon units.",
+        authors=[spec.Author(name=author) for author in authors],
+        cite=[spec.CiteEntry(text=docs.GAP_CITATION, doi=spec.Doi(docs.GAP_DOI))],
+        license=spec.LicenseId(license),
+        tags=TAGS + [f"{len(axes)}d"],
+        documentation=spec.FileDescr(source=files["readme"]),
+        covers=[spec.FileDescr(source=files["cover"])],
+        inputs=[inputs],
+        outputs=[outputs],
+        weights=weights,
+        config=spec.Config(photongap=photongap_config),
+    )
+
+
+def _first_error(summary: Any) -> str:
+    for detail in summary.details:
+        for error in detail.errors:
+            where = ".".join(map(str, error.loc))
+            return f"{detail.name}{f' ({where})' if where else ''}: {error.msg.strip().splitlines()[0] if error.msg.strip() else 'failed'}"
+    return f"status {summary.status}"
+
+
+def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOCKS) -> dict[str, float]:
+    """bioimageio.core's prediction of ``counts`` whole and in blocks of ``min + blocks * step`` px, compared.
+
+    Returns the block and core sides, the largest absolute difference over the whole-image
+    maximum, and the PSNR of the tiled result against the whole one (peak: that maximum).
+    """
+    from bioimageio.core import create_prediction_pipeline, load_description, predict
+
+    descr = load_description(package)
+    axis = descr.inputs[0].axes[-1].size
+    halo = descr.outputs[0].axes[-1].halo
+    blocks = min(blocks, (min(counts.shape) - axis.min) // axis.step)
+    image = counts[None, None].astype(np.float32)
+    with create_prediction_pipeline(descr, weight_format="pytorch_state_dict", devices=["cpu"]) as pipeline:
+        whole = predict(model=pipeline, inputs=image).members["denoised"].data.to_numpy()
+        tiled = predict(model=pipeline, inputs=image, blocksize_parameter=blocks).members["denoised"].data.to_numpy()
+    peak = float(whole.max())
+    mse = float(np.mean((tiled.astype(np.float64) - whole) ** 2))
+    block = axis.min + blocks * axis.step
+    return {
+        "side": float(min(counts.shape)), "block": float(block), "core": float(block - 2 * halo),
+        "max_abs_diff_over_max": float(np.abs(tiled - whole).max()) / peak,
+        "psnr": 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf,
+    }
+
+
+def export_package(
+    model: Any,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    authors: list[str] | None = None,
+    license: str = "CC-BY-4.0",
+    camera: dict[str, float] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write ``model`` as a BioImage Model Zoo package, only if bioimageio.core's model test passes.
+
+    Parameters
+    ----------
+    model : GapModel
+        The model to share (a 2D model).
+    out : path
+        ``NAME.bioimage.io.zip``; written whole or not at all.
+    name, authors, license
+        The package's name (default: from ``out``), authors and SPDX licence of the weights.
+    camera : dict, optional
+        ``{"gain": ..., "offset": ...}`` of the conversion the training data went through, for the README.
+    progress : callable, optional
+        Called with the name of each stage as it starts.
+
+    Examples
+    --------
+    >>> export_package(photongap.load("runs/cells/model.pt"), "cells.bioimage.io.zip", authors=["A. Person"])  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    report = progress or (lambda stage: None)
+    out = Path(out)
+    _check_target(out, overwrite)
+    if getattr(model.config, "dims", 2) != 2:
+        raise PhotongapError("export of 3D models is not supported yet: the exported module pads and normalises 2D images only")
+    try:
+        versions = _versions()
+        from bioimageio.core import test_model
+        from bioimageio.spec import save_bioimageio_package
+    except ImportError:
+        raise PhotongapError("export needs bioimageio.core: pip install 'photongap[bioimage]'") from None
+    from photongap.bioimage_compat import ensure_serialisable
+
+    ensure_serialisable()
+    name = name or out.name.split(".")[0] or "photongap model"
+    halo = halo_of(model)
+    multiple = model.config.size_multiple
+    minimum = 2 * halo + multiple
+    side = max(minimum, minimum + (docs.TEST_SIDE - minimum) // multiple * multiple)
+    with tempfile.TemporaryDirectory(prefix="photongap-export-") as folder:
+        root = Path(folder)
+        report("test tensors")
+        level = docs.test_level(model.info, model.trained_range())
+        counts = docs.test_counts(side, level)
+        module = exportable(model.network, model.config)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(counts)[None, None]).numpy()
+        files = {key: root / file for key, file in (("test_input", "test_input.npy"), ("test_output", "test_output.npy"), ("state_dict", "weights.pt"),
+                                                     ("torchscript", "weights_torchscript.pt"), ("readme", "README.md"), ("cover", "cover.png"))}
+        np.save(files["test_input"], counts[None, None])
+        np.save(files["test_output"], expected)
+        torch.save(module.state_dict(), files["state_dict"])
+        scripted(module, torch.zeros(1, 1, minimum, minimum)).save(str(files["torchscript"]))
+        # The cover shows the image without the border the package treats as context.
+        docs.write_cover(counts[halo:-halo, halo:-halo], model.denoise(counts, tile=None, device="cpu")[halo:-halo, halo:-halo], files["cover"])
+        files["readme"].write_text(docs.readme(name=name, model=model, halo=halo, camera=camera, test_photons=level, tiling=None, versions=versions))
+        report("packaging")
+        package = root / "package.bioimage.io.zip"
+        try:
+            descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, side=side, camera=camera)
+        except ValueError as error:  # pydantic's ValidationError: a bad name, author or licence
+            raise PhotongapError(f"the package description is invalid: {str(error).splitlines()[0]} ({' '.join(str(error).split())[:200]})") from None
+        save_bioimageio_package(descr, output_path=package)
+        report("measuring tiling")
+        tiling = measure_tiling(package, counts)
+        files["readme"].write_text(docs.readme(name=name, model=model, halo=halo, camera=camera, test_photons=level, tiling=tiling, versions=versions))
+        descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, side=side, camera=camera)
+        package.unlink()
+        save_bioimageio_package(descr, output_path=package)
+        report("testing with bioimageio.core")
+        summary = test_model(package)
+        if summary.status != "passed":
+            raise PhotongapError(f"bioimageio.core's test of the package failed, nothing written: {_first_error(summary)}")
+        report("writing")
+        try:
+            with atomic_output(out) as partial:
+                shutil.copyfile(package, partial)
+        except OSError as error:
+            raise PhotongapError(f"{out}: cannot write the package ({error.strerror or error})") from None
+    return ExportResult(out, halo, tiling, time.monotonic() - started, versions)
