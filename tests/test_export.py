@@ -76,7 +76,7 @@ def test_package_contents_describe_the_model(package, trained):
     path, printed = package
     with zipfile.ZipFile(path) as archive:
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
-        readme = archive.read(rdf["documentation"]).decode()
+        readme = archive.read(rdf["documentation"]["source"]).decode()
         test_input = np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))
     model = load(trained)
     halo = rdf["outputs"][0]["axes"][2]["halo"]

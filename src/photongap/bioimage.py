@@ -29,7 +29,7 @@ from photongap.io import atomic_output, check_new_outputs
 from photongap.modelfile import FORMAT_VERSION, PACKAGE_FORMAT
 from photongap.tiling import tile_margin
 
-TAGS = ["photongap", "gap", "denoising", "shot-noise", "photon-counting", "self-supervised", "pytorch", "fluorescence-light-microscopy"]
+TAGS = ["photongap", "gap", "denoising", "shot-noise", "photon-counting", "self-supervised", "pytorch"]
 DEFAULT_BLOCKS = 10
 """bioimageio.core's default block size parameter ``n`` (blocks of ``min + n * step`` px): what the README's tiling figure uses."""
 
@@ -82,7 +82,7 @@ def _writable(folder: Path) -> bool:
 
 
 def _description(model: Any, files: dict[str, Path], *, name: str, authors: list[str], license: str, halo: int,
-                 side: int, camera: dict[str, float] | None) -> Any:
+                 camera: dict[str, float] | None) -> Any:
     from bioimageio.spec.model import v0_5 as spec
 
     multiple = model.config.size_multiple
@@ -95,7 +95,7 @@ def _description(model: Any, files: dict[str, Path], *, name: str, authors: list
         + [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=2 * halo + multiple, step=multiple)) for axis in axes],
         test_tensor=spec.FileDescr(source=files["test_input"]),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
-        pad=spec.ConstantPadding(value=PAD_VALUE),
+        pad=spec.ConstantPadding(mode="constant", value=PAD_VALUE),
     )
     outputs = spec.OutputTensorDescr(
         id=denoised,
@@ -142,6 +142,14 @@ def _description(model: Any, files: dict[str, Path], *, name: str, authors: list
     )
 
 
+def _validation_message(error: ValueError) -> str:
+    details = error.errors() if callable(getattr(error, "errors", None)) else []
+    if not details:
+        return str(error).splitlines()[0]
+    where = ".".join(str(part) for part in details[0].get("loc", ()))
+    return f"{where + ': ' if where else ''}{details[0].get('msg', 'invalid')}"
+
+
 def _first_error(summary: Any) -> str:
     for detail in summary.details:
         for error in detail.errors:
@@ -163,9 +171,10 @@ def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOC
     halo = descr.outputs[0].axes[-1].halo
     blocks = min(blocks, (min(counts.shape) - axis.min) // axis.step)
     image = counts[None, None].astype(np.float32)
-    with create_prediction_pipeline(descr, weight_format="pytorch_state_dict", devices=["cpu"]) as pipeline:
-        whole = predict(model=pipeline, inputs=image).members["denoised"].data.to_numpy()
-        tiled = predict(model=pipeline, inputs=image, blocksize_parameter=blocks).members["denoised"].data.to_numpy()
+    # predict() loads and unloads the pipeline itself: entering it here as well deadlocks (core 0.11).
+    pipeline = create_prediction_pipeline(descr, weight_format="pytorch_state_dict", devices=["cpu"])
+    whole = predict(model=pipeline, inputs=image).members["denoised"].data.to_numpy()
+    tiled = predict(model=pipeline, inputs=image, blocksize_parameter=blocks).members["denoised"].data.to_numpy()
     peak = float(whole.max())
     mse = float(np.mean((tiled.astype(np.float64) - whole) ** 2))
     block = axis.min + blocks * axis.step
@@ -221,7 +230,7 @@ def export_package(
     from photongap.bioimage_compat import ensure_serialisable
 
     ensure_serialisable()
-    name = name or out.name.split(".")[0] or "photongap model"
+    name = name or f"photongap {out.name.split('.')[0]}"
     halo = halo_of(model)
     multiple = model.config.size_multiple
     minimum = 2 * halo + multiple
@@ -240,20 +249,19 @@ def export_package(
         np.save(files["test_output"], expected)
         torch.save(module.state_dict(), files["state_dict"])
         scripted(module, torch.zeros(1, 1, minimum, minimum)).save(str(files["torchscript"]))
-        # The cover shows the image without the border the package treats as context.
-        docs.write_cover(counts[halo:-halo, halo:-halo], model.denoise(counts, tile=None, device="cpu")[halo:-halo, halo:-halo], files["cover"])
+        docs.write_cover(counts, model.denoise(counts, tile=None, device="cpu"), files["cover"])
         files["readme"].write_text(docs.readme(name=name, model=model, halo=halo, camera=camera, test_photons=level, tiling=None, versions=versions))
         report("packaging")
         package = root / "package.bioimage.io.zip"
         try:
-            descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, side=side, camera=camera)
+            descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, camera=camera)
         except ValueError as error:  # pydantic's ValidationError: a bad name, author or licence
-            raise PhotongapError(f"the package description is invalid: {str(error).splitlines()[0]} ({' '.join(str(error).split())[:200]})") from None
+            raise PhotongapError(f"the package description is invalid: {_validation_message(error)}") from None
         save_bioimageio_package(descr, output_path=package)
         report("measuring tiling")
         tiling = measure_tiling(package, counts)
         files["readme"].write_text(docs.readme(name=name, model=model, halo=halo, camera=camera, test_photons=level, tiling=tiling, versions=versions))
-        descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, side=side, camera=camera)
+        descr = _description(model, files, name=name, authors=authors or ["unknown"], license=license, halo=halo, camera=camera)
         package.unlink()
         save_bioimageio_package(descr, output_path=package)
         report("testing with bioimageio.core")
