@@ -31,7 +31,7 @@ def trained(tmp_path_factory) -> Path:
 
     rng = np.random.default_rng(0)
     noisy = [simulate_counts(image, 1.0, rng) for image in load_sample_data().train[:6]]
-    config = TrainConfig(steps=30, batch_size=4, patch_size=32, val_fraction=0.0, precision="fp32")
+    config = TrainConfig(steps=15, batch_size=4, patch_size=32, val_fraction=0.0, precision="fp32")
     result = train(noisy, tmp_path_factory.mktemp("bmz") / "run", model_config=ModelConfig(depth=3, start_filters=8, encoding_levels=4),
                    train_config=config, progress=False)
     return Path(result.model_path)
@@ -60,6 +60,7 @@ def _bioimageio_predict(package: Path, counts: np.ndarray, blocks: int | None = 
     return sample.members["denoised"].data.to_numpy()[0, 0]
 
 
+@pytest.mark.slow
 def test_package_passes_bioimageio_core_test(package):
     from bioimageio.core import test_model
 
@@ -70,6 +71,7 @@ def test_package_passes_bioimageio_core_test(package):
     assert {"torchscript", "pytorch_state_dict"} <= tested
 
 
+@pytest.mark.slow
 def test_package_contents_describe_the_model(package, trained):
     import yaml
 
@@ -90,29 +92,54 @@ def test_package_contents_describe_the_model(package, trained):
     assert "test passed" in printed["output"]
 
 
+@pytest.mark.slow
 def test_bioimageio_prediction_equals_photongap_denoise(package, trained, tmp_path):
     path, _ = package
-    counts = _image()
+    counts = _image()  # 150 x 173: bioimageio.core takes only sizes min + k * step
     tifffile.imwrite(tmp_path / "noisy.tif", counts)
     result = runner.invoke(app, ["denoise", str(trained), str(tmp_path / "noisy.tif"), "-o", str(tmp_path / "ours.tif"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     ours = tifffile.imread(tmp_path / "ours.tif")
-    theirs = _bioimageio_predict(path, counts)
+    # Padded with the package's -1 to a size it takes, which the module then cuts off again.
+    padded = np.pad(counts, [(0, 152 - 150), (0, 176 - 173)], constant_values=PAD_VALUE)
+    theirs = _bioimageio_predict(path, padded)[:150, :173]
     # The issue asks for 1% of the maximum; padding with -1 makes the two agree to rounding.
     assert np.abs(theirs - ours).max() < 1e-3 * ours.max()
     assert theirs.sum() == pytest.approx(counts.sum(), rel=1e-4)
 
 
-def test_tiled_prediction_close_to_whole(package):
+@pytest.mark.slow
+def test_tiled_prediction_keeps_logits_and_rescales_tiles(package, trained):
+    """Under bioimageio.core's tiling each core is the whole-image answer times one factor per tile.
+
+    The factor is the window's photons over its softmax normaliser; how close it stays to the
+    whole image's depends on how well the network knows local brightness, which this briefly
+    trained network does not (the export measures it per package: 2.8% of the maximum for a
+    600-step default model).
+    """
     path, _ = package
+    model = load(trained)
+    halo, step = _halo(path), model.config.size_multiple
     counts = _image((200, 200), level=2.0)
     whole = _bioimageio_predict(path, counts)
-    tiled = _bioimageio_predict(path, counts, blocks=4)  # blocks of 2 halos + 5 size multiples
-    difference = np.abs(tiled - whole)
-    psnr = 10 * np.log10(whole.max() ** 2 / np.mean((tiled - whole) ** 2))
-    assert 0 < difference.max() < 0.05 * whole.max() and psnr > 40, (difference.max() / whole.max(), psnr)
+    core = 5 * step  # blocks of min + 4 steps: 2 halos + 5 steps
+    tiled = _bioimageio_predict(path, counts, blocks=4)
+    for y in range(0, 200 - core + 1, core):
+        for x in range(0, 200 - core + 1, core):
+            ratio = tiled[y : y + core, x : x + core] / whole[y : y + core, x : x + core]
+            assert ratio.std() < 1e-4 * ratio.mean(), (y, x)
+            window = counts[max(y - halo, 0) : y + core + halo, max(x - halo, 0) : x + core + halo]
+            assert tiled[y : y + core, x : x + core].sum() <= window.sum() + 1e-3
 
 
+def _halo(path: Path) -> int:
+    import yaml
+
+    with zipfile.ZipFile(path) as archive:
+        return yaml.safe_load(archive.read("rdf.yaml"))["outputs"][0]["axes"][2]["halo"]
+
+
+@pytest.mark.slow
 def test_package_loads_back_as_the_model(package, trained, tmp_path):
     path, _ = package
     original, shared = load(trained), load(path)
@@ -123,6 +150,7 @@ def test_package_loads_back_as_the_model(package, trained, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["trained_range_db"] == list(original.trained_range())
 
 
+@pytest.mark.slow
 def test_photongap_does_not_import_bioimageio(package):
     path, _ = package
     code = (
@@ -134,12 +162,23 @@ def test_photongap_does_not_import_bioimageio(package):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """Run the command line as a user does (``photongap.cli.main``): exit code and stderr."""
+    from photongap.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["photongap", *args])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    return int(exit.value.code or 0), capsys.readouterr().err
+
+
 def _no_package_written(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if "bioimage" in p.name and p.name != "existing.bioimage.io.zip"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["existing", "no-folder", "unwritable", "not-zip"])
-def test_bad_targets_fail_in_one_line(trained, tmp_path, target):
+def test_bad_targets_fail_in_one_line(trained, tmp_path, target, capsys, monkeypatch):
     existing = tmp_path / "existing.bioimage.io.zip"
     existing.write_bytes(b"keep")
     out = {
@@ -148,13 +187,13 @@ def test_bad_targets_fail_in_one_line(trained, tmp_path, target):
         "unwritable": Path("/proc/m.bioimage.io.zip"),
         "not-zip": tmp_path / "m.bioimage.io",
     }[target]
-    result = runner.invoke(app, ["export", str(trained), "-o", str(out)])
-    assert result.exit_code == 2
-    assert result.output.count("\n") <= 2 and "error:" in result.output and "Traceback" not in result.output
+    code, error = _main(["export", str(trained), "-o", str(out)], capsys, monkeypatch)
+    assert code == 2 and error.startswith("error:") and error.count("\n") == 1
     assert existing.read_bytes() == b"keep" and _no_package_written(tmp_path)
 
 
-def test_failing_package_is_not_written(trained, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_failing_package_is_not_written(trained, tmp_path, monkeypatch, capsys):
     import photongap.bioimage as bioimage
 
     def wrong_torchscript(module, example):
@@ -165,9 +204,10 @@ def test_failing_package_is_not_written(trained, tmp_path, monkeypatch):
         return scripted(module, example)
 
     monkeypatch.setattr(bioimage, "scripted", wrong_torchscript)
+    monkeypatch.setattr(bioimage, "measure_tiling", lambda package, counts: None)  # not what this test is about
     out = tmp_path / "bad.bioimage.io.zip"
-    result = runner.invoke(app, ["export", str(trained), "-o", str(out)])
-    assert result.exit_code == 2 and "test of the package failed" in result.output and "torchscript" in result.output
+    code, error = _main(["export", str(trained), "-o", str(out)], capsys, monkeypatch)
+    assert code == 2 and "test of the package failed" in error and "torchscript" in error
     assert not list(tmp_path.iterdir())
 
 

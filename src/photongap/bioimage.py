@@ -62,7 +62,8 @@ def _versions() -> dict[str, str]:
     return {"bioimageio.core": bioimageio.core.__version__, "bioimageio.spec": bioimageio.spec.__version__}
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a target that is not a .zip, exists (without ``overwrite``) or cannot be written."""
     if not out.name.lower().endswith(".zip"):
         raise PhotongapError(f"{out}: a BioImage Model Zoo package is a .zip file, e.g. NAME.bioimage.io.zip")
     check_new_outputs([out], overwrite)
@@ -218,7 +219,7 @@ def export_package(
     started = time.monotonic()
     report = progress or (lambda stage: None)
     out = Path(out)
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     if getattr(model.config, "dims", 2) != 2:
         raise PhotongapError("export of 3D models is not supported yet: the exported module pads and normalises 2D images only")
     try:

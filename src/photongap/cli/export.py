@@ -28,9 +28,10 @@ def export(
     that gives photongap's denoised image, in PHOTON UNITS OF THE INPUT, in Fiji (deepImageJ), napari or Python.
     bioimageio.core tests the package first; one that fails is not written. --gain/--offset/--calibration
     document the camera conversion the training data went through."""
-    from photongap.bioimage import export_package
+    from photongap.bioimage import check_target, export_package
     from photongap.model import load
 
+    check_target(out, overwrite)
     camera = camera_from_options(gain, offset, calibration)
     conversion = {"gain": camera.gain, "offset": camera.offset or 0.0} if camera.gain is not None else None
     network = load(model)
