@@ -19,7 +19,6 @@ from torch import nn
 from photongap.config import ModelConfig, from_dict
 from photongap.network import GapUNet
 
-
 PAD_VALUE = -1.0
 """What the package asks consumers to pad with: no photon count is negative, so the module
 can tell padding from data and drop it, seeing the image's edges as photongap does."""
