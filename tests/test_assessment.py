@@ -14,8 +14,10 @@ import tifffile
 import yaml
 
 import photongap
+import torch
 
 from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
+from photongap.errors import PhotongapError
 from photongap.exposure import thin
 
 SHAPE = (32, 32)
@@ -197,8 +199,31 @@ def test_plan_exposure_through_the_cli(trained_run):
         assert {"fraction", "mse", "psnr", "mse_std", "noisy_mse", "noisy_psnr"} <= set(point)
     assert plan["fractions"][1]["noisy_mse"] > 2 * plan["fractions"][0]["noisy_mse"]  # less light, noisier (original units)
     assert plan["recommendation"] and (root / "plan" / "plan.png").stat().st_size > 0
+    assert plan["fractions"][0]["fine_tuned_from"] is None  # the brightest from scratch, the next from its weights
+    assert Path(plan["fractions"][1]["fine_tuned_from"]) == root / "plan" / "fraction_1" / "model.pt"
     again = cli("plan-exposure", root / "data", "-o", root / "plan", "--fractions", 0, "--config", root / "tiny.yaml")
     assert again.returncode == 2 and "fraction" in again.stderr
+
+
+def weights(path: Path) -> torch.Tensor:
+    return torch.cat([tensor.flatten().float() for tensor in photongap.load(path).network.state_dict().values()])
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained_run, tmp_path):
+    from photongap.training import train
+
+    root, run, _ = trained_run
+    images = [counts_image(seed).astype(np.float32) for seed in range(3)]
+    options = dict(config_file=root / "tiny.yaml", overrides={"steps": 1, "seed": 1}, progress=False, assess=False, device="cpu")
+    tuned = train(images, tmp_path / "tuned", init_from=run / "model.pt", **options).model_path
+    scratch = train(images, tmp_path / "scratch", **options).model_path
+    start = weights(run / "model.pt")
+    # One warm-up step barely moves the weights: the tuned run stays at its start, a fresh one (another seed) is elsewhere.
+    assert (weights(tuned) - start).norm() < 1e-2 * (weights(scratch) - start).norm()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "start_filters": 8}}))
+    with pytest.raises(PhotongapError, match="not the one this run trains"):
+        train(images, tmp_path / "mismatch", init_from=run / "model.pt", **{**options, "config_file": other})
 
 
 def test_thinning_is_a_dimmer_poisson_acquisition():
