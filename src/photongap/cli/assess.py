@@ -45,8 +45,8 @@ def assess(
 
     fractions = tuple(split_fraction) if split_fraction else defaults.DEFAULT_FRACTIONS
     defaults.extrapolation_weights(fractions)  # bad fractions fail before any work
-    if repeats < 2:
-        raise PhotongapError(f"--repeats must be at least 2 (the uncertainty needs them), got {repeats}")
+    if repeats < 3:
+        raise PhotongapError(f"--repeats must be at least 3 (the control variates and the uncertainty need them), got {repeats}")
     if out.suffix.lower() != ".json":
         raise PhotongapError(f"--out must be a .json file, got {out}")
     if plot is not None and plot.suffix.lower() != ".png":
