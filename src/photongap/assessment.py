@@ -55,7 +55,8 @@ class Assessment:
     photons_per_pixel : float
         Mean counts of the image.
     fractions, mse_at_fraction : list of float
-        The split fractions and the held-out MSE at each (mean over repeats, full-exposure photons²).
+        The split fractions and the held-out MSE at each (mean over repeats, after the control variates
+        for the ``controlled`` method; full-exposure photons²): what is extrapolated.
     repeats : int
         Independent splits per fraction.
     sums : SplitSums
