@@ -73,7 +73,8 @@ def tune_check(args: argparse.Namespace) -> None:
     model_path = Path(args.tune_out, "model.pt")
     if not model_path.exists():  # a second call only grades
         started = time.monotonic()
-        result = train(thinned, args.tune_out, init_from=args.tune_from, overrides={"steps": args.tune_steps, "val_fraction": 7.5 / len(planes)},
+        start = None if args.tune_from == "scratch" else args.tune_from  # 'scratch': the same run without the weights, to compare
+        result = train(thinned, args.tune_out, init_from=start, overrides={"steps": args.tune_steps, "val_fraction": 7.5 / len(planes)},
                        progress=False, assess=False, device="cpu")
         print(f"fine-tuned {result.steps} steps from {args.tune_from}: {time.monotonic() - started:.0f} s (training alone)")
     cleans = [clean_at_level(g, args.level) for g in data.test]
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--fine-tune-steps", type=int, help="steps of the fine-tuned fractions (default: --steps)")
     parser.add_argument("--from-scratch", action="store_true", help="train every fraction from scratch")
     parser.add_argument("--regrade", nargs="*", default=[], help="also grade the plan's held-out images with these assessment methods")
-    parser.add_argument("--tune-from", help="only fine-tune from this model at --fraction (tune_check) and stop")
+    parser.add_argument("--tune-from", help="only fine-tune from this model at --fraction (tune_check) and stop; 'scratch': the same from scratch")
     parser.add_argument("--tune-steps", type=int, default=300)
     parser.add_argument("--grade", action="store_true", help="tune_check: also grade the tuned model as the plan would")
     parser.add_argument("--tune-out", default="bench-output/plans/tuned")
