@@ -76,7 +76,7 @@ def tune_check(args: argparse.Namespace) -> None:
         start = None if args.tune_from == "scratch" else args.tune_from  # 'scratch': the same run without the weights, to compare
         result = train(thinned, args.tune_out, init_from=start, overrides={"steps": args.tune_steps, "val_fraction": 7.5 / len(planes)},
                        progress=False, assess=False, device="cpu")
-        print(f"fine-tuned {result.steps} steps from {args.tune_from}: {time.monotonic() - started:.0f} s (training alone)")
+        print(f"trained {result.steps} steps from {args.tune_from}: {time.monotonic() - started:.0f} s (training alone)")
     cleans = [clean_at_level(g, args.level) for g in data.test]
     tuned, actual = GapModel.load(model_path), GapModel.load(args.actual_model)
     fresh = np.random.default_rng(999)
@@ -88,7 +88,7 @@ def tune_check(args: argparse.Namespace) -> None:
         actual_mse.append(np.mean((clean - actual.denoise(acquisition, device="cpu") * scale) ** 2))
     data_range = float(np.mean([np.ptp(clean) for clean in cleans]))
     psnr = lambda value: 10 * math.log10(data_range**2 / value)  # noqa: E731
-    print(f"  fine-tuned, true PSNR {psnr(np.mean(tuned_mse)):.2f} dB; actual acquisition, from scratch, true PSNR {psnr(np.mean(actual_mse)):.2f} dB")
+    print(f"  this run, true PSNR {psnr(np.mean(tuned_mse)):.2f} dB; actual acquisition, from scratch, true PSNR {psnr(np.mean(actual_mse)):.2f} dB")
     if args.grade:  # as the plan grades its held-out images (assess_planes: seed = plane number), in original photons²
         graded = np.mean([assess_counts(lambda c: tuned.denoise(c, device="cpu"), low, seed=number).mse * scale**2
                           for number, low in enumerate(thinned[len(data.train):])])
