@@ -1,16 +1,22 @@
 """Accuracy of ``photongap assess`` against ground truth: estimated vs true MSE of the MMSE output.
 
 Simulates held-out test images (never trained on) at each photon level with a seed unlike the
-training data's, denoises them with the trained model, and compares the held-out estimate of the
-MSE (no ground truth) with the true MSE against the clean image scaled to the same exposure.
+training data's, denoises them with the trained model, splits each image ``--repeats`` times at
+each of ``--fractions`` and keeps what the splits measured (:class:`photongap.assessment.SplitSums`,
+with the true per-split error from the clean image) in ``--raw``. Then every estimator is
+evaluated on those same splits: each method of :func:`photongap.assessment.full_exposure_estimates`
+on each fraction set of ``--fraction-sets``, so that they compare on identical data.
 
-    .venv/bin/python benchmarks/bench_assess.py \
-        --sets demo hubble --levels 1 0.1 [--models DIR] [--json out.json]
+    .venv/bin/python benchmarks/bench_assess.py \\
+        --sets demo hubble --levels 1 0.1 [--models DIR] [--raw bench-output/assess_raw.json]
+    .venv/bin/python benchmarks/bench_assess.py --analyse-only   # re-evaluate a saved --raw
 
 The data sets are the embedded demo sample and the Hubble deep field (benchmarks/data). The
 models are the default preset trained 600 steps on each set's training images at each level
 (noise seed 0), cached in DIR/{set}_{level:g}_default (bench-output/models; trained if missing).
-Prints one table per set and level (true dB, estimated dB, error) and the mean / worst |error|.
+Prints, per set, level and estimator: mean error (dB), mean and worst |error|, the RMS of
+``(estimate - truth) / mse_std`` (1 when ``mse_std`` is honest) and the error of the same
+extrapolation applied to the TRUE per-split errors (its model error, free of photon noise).
 """
 
 from __future__ import annotations
@@ -18,26 +24,86 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import OUTPUT, default_model, ground_truth
-from photongap.assessment import DEFAULT_FRACTIONS, DEFAULT_REPEATS, assess_counts, photon_noise_floor
+from photongap.assessment import (DEFAULT_REPEATS, SplitSums, assess_counts, extrapolation_weights,
+                                  full_exposure_estimates, photon_noise_floor)
 from photongap.sample_data import clean_at_level
 
+ALL_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+FRACTION_SETS = {"0.5-0.9": (0.5, 0.6, 0.7, 0.8, 0.9), "0.5-0.95": ALL_FRACTIONS, "0.7-0.95": (0.7, 0.8, 0.9, 0.95)}
+METHODS = ("held_out", "control", "cross", "orthogonal", "controlled")
 
 
-def power_law(mse_at_fraction: list[float], fractions: list[float]) -> float:
-    """Alternative extrapolation: MSE(p) = C p^-alpha fitted on log scale (weights (1-p)^2 m^2)."""
-    m, p = np.asarray(mse_at_fraction), np.asarray(fractions)
-    if np.any(m <= 0):
-        return float("nan")
-    w = (1 - p) ** 2
-    slope, intercept = np.polyfit(np.log(p), np.log(m), 1, w=np.sqrt(w))
-    return float(math.exp(intercept))
+def collect(args: argparse.Namespace) -> list[dict]:
+    """Measure every image, the data sets and levels interleaved (so a cut-short run still covers them all)."""
+    torch.set_num_threads(1)
+    rows, jobs = [], []
+    for name in args.sets:
+        for level in args.levels:
+            rng = np.random.default_rng(args.seed)  # each set and level: the same test noise as before the interleaving
+            for index, clean_image in enumerate(ground_truth(name)[1]):
+                clean = clean_at_level(clean_image, level)
+                jobs.append((index, name, level, clean, rng.poisson(clean).astype(np.float32)))
+    models = {}
+    for index, name, level, clean, counts in sorted(jobs, key=lambda job: job[0]):
+        if (name, level) not in models:
+            models[name, level] = default_model(name, level, Path(args.models))
+        model = models[name, level]
+        denoised = model.denoise(counts, device="cpu")
+        result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, fractions=ALL_FRACTIONS, repeats=args.repeats,
+                               seed=args.seed + index, denoised=denoised, clean=clean)
+        sums = {key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in asdict(result.sums).items()}
+        rows.append(dict(set=name, level=level, image=index, true_mse=float(np.mean((clean.astype(np.float64) - denoised) ** 2)),
+                         floor=photon_noise_floor(denoised), true_floor=photon_noise_floor(clean), sums=sums))
+        print(f"{name} {level:g} image {index}: true MSE {rows[-1]['true_mse']:.4g}", flush=True)
+        Path(args.raw).write_text(json.dumps(rows))
+    return rows
+
+
+def subset(sums: SplitSums, fractions: tuple[float, ...]) -> SplitSums:
+    keep = [sums.fractions.index(f) for f in fractions]
+    return replace(sums, fractions=fractions, held_out=sums.held_out[keep], zero=sums.zero[keep], power=sums.power[keep], linear=sums.linear[keep],
+                   truth=None if sums.truth is None else sums.truth[keep])
+
+
+def evaluate(row: dict, method: str, fractions: tuple[float, ...]) -> dict:
+    raw = row["sums"]
+    sums = SplitSums(**{key: (np.asarray(value) if isinstance(value, list) else value) for key, value in raw.items()})
+    sums = subset(replace(sums, fractions=tuple(sums.fractions)), fractions)
+    per_repeat = full_exposure_estimates(sums, method)
+    repeats = len(per_repeat)
+    mse = float(per_repeat.mean())
+    std = math.sqrt(per_repeat.var(ddof=1) / repeats + row["floor"] ** 2)
+    model_only = float(extrapolation_weights(fractions) @ sums.truth.mean(axis=1) / sums.pixels)  # the fit on the true curve
+    db = lambda value: 10 * math.log10(value) if value > 0 else float("nan")  # noqa: E731
+    return dict(mse=mse, mse_std=std, error_db=db(mse) - db(row["true_mse"]), z=(mse - row["true_mse"]) / std,
+                model_error_db=db(model_only) - db(row["true_mse"]), split_std=math.sqrt(per_repeat.var(ddof=1) / repeats))
+
+
+def analyse(rows: list[dict]) -> None:
+    groups = sorted({(row["set"], row["level"]) for row in rows}, key=lambda key: (key[0], -key[1]))
+    for name, level in groups:
+        members = [row for row in rows if row["set"] == name and row["level"] == level]
+        db = lambda value: 10 * math.log10(value)  # noqa: E731
+        print(f"\n{name} at {level:g} photons/px ({len(members)} images): true MSE dB "
+              + " ".join(f"{db(row['true_mse']):.2f}" for row in members)
+              + "; photon floor / true MSE " + " ".join(f"{row['floor'] / row['true_mse']:.2f}" for row in members))
+        for label, fractions in FRACTION_SETS.items():
+            for method in METHODS:
+                results = [evaluate(row, method, fractions) for row in members]
+                errors = np.array([r["error_db"] for r in results])
+                zs = np.array([r["z"] for r in results])
+                model = np.array([r["model_error_db"] for r in results])
+                split = np.mean([r["split_std"] / row["true_mse"] for r, row in zip(results, members)])
+                print(f"  {label:8s} {method:10s} mean {np.nanmean(errors):+.2f}  mean|e| {np.nanmean(np.abs(errors)):.2f}  "
+                      f"worst {np.nanmax(np.abs(errors)):.2f}  rms z {np.sqrt(np.mean(zs**2)):.2f}  split std/MSE {split:.2f}  "
+                      f"model error {np.mean(model):+.2f} dB  per image " + " ".join(f"{e:+.2f}" for e in errors))
 
 
 def main() -> None:
@@ -45,47 +111,16 @@ def main() -> None:
     parser.add_argument("--models", default=str(OUTPUT / "models"), help="where the default-preset models are cached (trained 600 steps if missing)")
     parser.add_argument("--sets", nargs="+", default=["demo", "hubble"])
     parser.add_argument("--levels", nargs="+", type=float, default=[1.0, 0.1])
-    parser.add_argument("--fractions", nargs="+", type=float, default=list(DEFAULT_FRACTIONS))
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     parser.add_argument("--seed", type=int, default=1234, help="noise of the test acquisitions (training used seed 0)")
-    parser.add_argument("--methods", nargs="+", default=["held_out"], help="estimators to compare (photongap.assessment.Method)")
-    parser.add_argument("--json")
+    parser.add_argument("--raw", default=str(OUTPUT / "assess_raw.json"), help="the splits' sums (written, or read with --analyse-only)")
+    parser.add_argument("--analyse-only", nargs="*", help="evaluate saved --raw files instead of measuring")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = []
-    for name in args.sets:
-        for level in args.levels:
-            model = default_model(name, level, Path(args.models))
-            rng = np.random.default_rng(args.seed)
-            print(f"\n{name} at {level:g} photons/px: image, true MSE dB, estimated dB, error dB, power-law dB, z, +1 sigma of the photon-noise floor in dB")
-            for index, clean_image in enumerate(ground_truth(name)[1]):
-                clean = clean_at_level(clean_image, level)
-                counts = rng.poisson(clean).astype(np.float32)
-                denoised = model.denoise(counts, device="cpu")
-                true_mse = float(np.mean((clean.astype(np.float64) - denoised) ** 2))
-                for method in args.methods:
-                    started = time.monotonic()
-                    result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, fractions=args.fractions,
-                                           repeats=args.repeats, seed=args.seed + index, denoised=denoised, method=method)
-                    seconds = time.monotonic() - started
-                    power = power_law(result.mse_at_fraction, result.fractions)
-                    db = lambda v: 10 * math.log10(v) if v > 0 else float("nan")  # noqa: E731
-                    row = dict(set=name, level=level, method=method, image=index, true_mse=true_mse, mse=result.mse, mse_std=result.mse_std,
-                               power_mse=power, true_db=db(true_mse), est_db=db(result.mse), error_db=db(result.mse) - db(true_mse),
-                               power_error_db=db(power) - db(true_mse), z=(result.mse - true_mse) / result.mse_std,
-                               at_fraction=result.mse_at_fraction, seconds=seconds,
-                               floor_db=db(true_mse + photon_noise_floor(clean)) - db(true_mse))
-                    rows.append(row)
-                    print(f"  {method:8s} {index}  {row['true_db']:7.2f}  {row['est_db']:7.2f}  {row['error_db']:+6.2f}  {row['power_error_db']:+6.2f}  {row['z']:+5.1f}  floor {row['floor_db']:.2f}  ({seconds:.1f} s)")
-            for method in args.methods:
-                errors = np.array([r["error_db"] for r in rows if r["set"] == name and r["level"] == level and r["method"] == method])
-                power_errors = np.array([r["power_error_db"] for r in rows if r["set"] == name and r["level"] == level and r["method"] == method])
-                zs = np.array([r["z"] for r in rows if r["set"] == name and r["level"] == level and r["method"] == method])
-                print(f"  {method}: rms z {np.sqrt(np.mean(zs**2)):.2f}; mean error {errors.mean():+.2f} dB, mean |error| {np.abs(errors).mean():.2f} dB, worst |error| {np.abs(errors).max():.2f} dB"
-                      f"  (power law: mean |error| {np.nanmean(np.abs(power_errors)):.2f}, worst {np.nanmax(np.abs(power_errors)):.2f})")
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(rows, file, indent=1)
+    if args.analyse_only is not None:
+        rows = [row for path in (args.analyse_only or [args.raw]) for row in json.loads(Path(path).read_text())]
+    else:
+        rows = collect(args)
+    analyse(rows)
 
 
 if __name__ == "__main__":

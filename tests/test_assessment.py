@@ -14,8 +14,10 @@ import tifffile
 import yaml
 
 import photongap
+import torch
 
 from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
+from photongap.errors import PhotongapError
 from photongap.exposure import thin
 
 SHAPE = (32, 32)
@@ -46,7 +48,8 @@ def blur_mse(clean: np.ndarray) -> float:
 
 def estimates(denoise, clean: np.ndarray, draws: int, **options) -> list:
     rng = np.random.default_rng(0)
-    return [assess_counts(denoise, rng.poisson(clean).astype(np.float32), seed=draw, repeats=2, **options) for draw in range(draws)]
+    options = {"repeats": 2, **options}
+    return [assess_counts(denoise, rng.poisson(clean).astype(np.float32), seed=draw, **options) for draw in range(draws)]
 
 
 def test_extrapolation_weights_reproduce_a_plus_b_over_p():
@@ -57,20 +60,30 @@ def test_extrapolation_weights_reproduce_a_plus_b_over_p():
     assert full_exposure_mse(3.0 + 2.0 / p, p) == pytest.approx(5.0)
 
 
+@pytest.mark.parametrize("method", ["held_out", "controlled"])
 @pytest.mark.parametrize("denoiser", ["blur", "identity"])
-def test_full_exposure_estimate_is_unbiased(denoiser):
+def test_full_exposure_estimate_is_unbiased(denoiser, method):
     clean = scene()
     if denoiser == "blur":
         denoise, exact = blur, blur_mse(clean)
     else:
         denoise, exact = (lambda counts: np.asarray(counts, dtype=np.float32)), float(clean.mean())  # Var(x) = lambda
-    results = estimates(denoise, clean, draws=300)
+    results = estimates(denoise, clean, draws=300, method=method, repeats=4)
     values = np.array([result.mse for result in results])
     standard_error = values.std(ddof=1) / np.sqrt(len(values))
     assert abs(values.mean() - exact) < 4 * standard_error
     # The test can tell a biased estimator: the held-out MSE at p = 0.5 (not extrapolated) is far off.
     at_half = np.array([result.mse_at_fraction[0] for result in results])
     assert abs(at_half.mean() - exact) > 4 * at_half.std(ddof=1) / np.sqrt(len(at_half))
+
+
+def test_control_variates_take_out_split_noise():
+    # Same images, same splits: the controlled estimate scatters less around the exact MSE than the plain held-out one.
+    clean = scene()
+    plain = np.array([r.mse for r in estimates(blur, clean, draws=120, repeats=4, method="held_out")])
+    controlled = np.array([r.mse for r in estimates(blur, clean, draws=120, repeats=4, method="controlled")])
+    exact = blur_mse(clean)
+    assert np.sqrt(np.mean((controlled - exact) ** 2)) < 0.85 * np.sqrt(np.mean((plain - exact) ** 2))
 
 
 def test_reported_uncertainty_matches_the_actual_error_against_the_clean_image():
@@ -161,7 +174,7 @@ def test_assess_report_contract_and_training_image_warning(trained_run):
     root, run, _ = trained_run
     tifffile.imwrite(root / "new.tif", counts_image(7))
     result = cli("assess", run / "model.pt", root / "new.tif", root / "data" / "cells0.tif", root / "data" / "cells2.tif",
-                 "-o", root / "report.json", "--plot", root / "report.png", "--repeats", 2)
+                 "-o", root / "report.json", "--plot", root / "report.png", "--repeats", 3)
     assert result.returncode == 0, result.stderr
     report = json.loads((root / "report.json").read_text())
     assert [Path(image["path"]).name for image in report["images"]] == ["new.tif", "cells0.tif", "cells2.tif"]
@@ -197,8 +210,31 @@ def test_plan_exposure_through_the_cli(trained_run):
         assert {"fraction", "mse", "psnr", "mse_std", "noisy_mse", "noisy_psnr"} <= set(point)
     assert plan["fractions"][1]["noisy_mse"] > 2 * plan["fractions"][0]["noisy_mse"]  # less light, noisier (original units)
     assert plan["recommendation"] and (root / "plan" / "plan.png").stat().st_size > 0
+    assert plan["fractions"][0]["fine_tuned_from"] is None  # the brightest from scratch, the next from its weights
+    assert Path(plan["fractions"][1]["fine_tuned_from"]) == root / "plan" / "fraction_1" / "model.pt"
     again = cli("plan-exposure", root / "data", "-o", root / "plan", "--fractions", 0, "--config", root / "tiny.yaml")
     assert again.returncode == 2 and "fraction" in again.stderr
+
+
+def weights(path: Path) -> torch.Tensor:
+    return torch.cat([tensor.flatten().float() for tensor in photongap.load(path).network.state_dict().values()])
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained_run, tmp_path):
+    from photongap.training import train
+
+    root, run, _ = trained_run
+    images = [counts_image(seed).astype(np.float32) for seed in range(3)]
+    options = dict(config_file=root / "tiny.yaml", overrides={"steps": 1, "seed": 1}, progress=False, assess=False, device="cpu")
+    tuned = train(images, tmp_path / "tuned", init_from=run / "model.pt", **options).model_path
+    scratch = train(images, tmp_path / "scratch", **options).model_path
+    start = weights(run / "model.pt")
+    # One warm-up step barely moves the weights: the tuned run stays at its start, a fresh one (another seed) is elsewhere.
+    assert (weights(tuned) - start).norm() < 1e-2 * (weights(scratch) - start).norm()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "start_filters": 8}}))
+    with pytest.raises(PhotongapError, match="not the one this run trains"):
+        train(images, tmp_path / "mismatch", init_from=run / "model.pt", **{**options, "config_file": other})
 
 
 def test_thinning_is_a_dimmer_poisson_acquisition():

@@ -47,6 +47,7 @@ class ExposurePoint:
     ``mse``/``mse_std``/``psnr``: denoised validation images (held-out estimate, mean over them);
     ``noisy_mse``/``noisy_psnr``: the raw thinned counts scaled to the original exposure
     (``mean(counts) / f**2``, the Poisson variance); PSNRs use one data range for all fractions.
+    ``fine_tuned_from``: the model file this fraction's training started from (None: from scratch).
     """
 
     fraction: float
@@ -57,10 +58,11 @@ class ExposurePoint:
     noisy_psnr: float
     steps: int
     run: str
+    fine_tuned_from: str | None = None
 
 
 def point_from_assessment(fraction: float, report: Mapping[str, Any], validation: Sequence[np.ndarray], steps: int, run: str,
-                          data_range: float | None = None) -> ExposurePoint:
+                          fine_tuned_from: str | None = None, data_range: float | None = None) -> ExposurePoint:
     """Convert a run's ``assessment.json`` (photon units of the thinned data) to the original exposure.
 
     ``data_range`` (original exposure) for the PSNRs: give every fraction the same one (the full
@@ -74,11 +76,11 @@ def point_from_assessment(fraction: float, report: Mapping[str, Any], validation
         data_range = float(np.mean([image["data_range"] for image in images])) / fraction
     noisy = float(np.mean([plane.mean(dtype=np.float64) for plane in validation])) * scale
     psnr = 10 * math.log10(data_range**2 / mse) if mse > 0 else float("nan")
-    return ExposurePoint(fraction, mse, mse_std, psnr, noisy, 10 * math.log10(data_range**2 / noisy), steps, run)
+    return ExposurePoint(fraction, mse, mse_std, psnr, noisy, 10 * math.log10(data_range**2 / noisy), steps, run, fine_tuned_from)
 
 
-def write_plan(out: Path, runs: Sequence[tuple[float, Mapping[str, Any], Sequence[np.ndarray], int, str]]) -> dict[str, Any]:
-    """``plan.json`` and ``plan.png`` from ``(fraction, assessment report, validation planes, steps, run)`` per fraction.
+def write_plan(out: Path, runs: Sequence[tuple]) -> dict[str, Any]:
+    """``plan.json`` and ``plan.png`` from ``(fraction, assessment report, validation planes, steps, run[, fine_tuned_from])`` per fraction.
 
     All PSNRs use the data range of the brightest fraction's denoised images.
     """
@@ -122,6 +124,8 @@ def plan_exposure(
     device: str = "auto",
     preset: str | None = None,
     config_file: str | Path | None = None,
+    fine_tune: bool = True,
+    fine_tune_steps: int | None = None,
     on_fraction: Callable[[float, int], None] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -132,6 +136,12 @@ def plan_exposure(
     (the last planes, as the run holds them out) are graded at its end (``assessment.json``).
     ``time_limit_minutes`` is shared equally among the fractions. See the module docstring for
     what read noise does to thinning.
+
+    With ``fine_tune`` each fraction after the first starts from the weights of the one before
+    (one step dimmer: a close task, so the network needs fewer steps to adapt) and trains
+    ``fine_tune_steps`` steps (default: as many as the first). The held-out validation planes
+    are the same at every fraction (thinned), so no fraction is graded on photons its
+    predecessor trained on.
 
     Returns
     -------
@@ -152,17 +162,23 @@ def plan_exposure(
     changes = dict(overrides or {})
     if time_limit_minutes is not None:
         changes["time_limit_minutes"] = time_limit_minutes / len(fractions)
-    runs = []
+    if fine_tune_steps is not None and fine_tune_steps < 1:
+        raise PhotongapError(f"fine-tuning needs at least one step, got {fine_tune_steps}")
+    runs, previous = [], None
     for number, fraction in enumerate(fractions):
         if on_fraction is not None:
             on_fraction(fraction, number)
         thinned = thin(planes, fraction, seed=seed + number)
         run_dir = out / f"fraction_{fraction:g}"
-        result = train(thinned, run_dir, preset=preset, config_file=config_file, overrides=changes, device=device, progress=progress)
+        start = previous if fine_tune else None
+        steps = {"steps": fine_tune_steps} if start is not None and fine_tune_steps is not None else {}
+        result = train(thinned, run_dir, preset=preset, config_file=config_file, overrides={**changes, **steps}, device=device,
+                       progress=progress, init_from=start)
+        previous = result.model_path
         report_path = run_dir / "assessment.json"
         if not report_path.exists():
             raise PhotongapError("plan-exposure needs validation images: give at least two planes (or one tall enough to hold rows out)")
         training = load_yaml(run_dir / "config.yaml")[1]  # the validation planes are those the run held out
         validation = hold_out(thinned, training.val_fraction, training.patch_size)[1]
-        runs.append((fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir)))
+        runs.append((fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir), start and str(start)))
     return write_plan(out, runs)

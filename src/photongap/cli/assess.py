@@ -45,8 +45,8 @@ def assess(
 
     fractions = tuple(split_fraction) if split_fraction else defaults.DEFAULT_FRACTIONS
     defaults.extrapolation_weights(fractions)  # bad fractions fail before any work
-    if repeats < 2:
-        raise PhotongapError(f"--repeats must be at least 2 (the uncertainty needs them), got {repeats}")
+    if repeats < 3:
+        raise PhotongapError(f"--repeats must be at least 3 (the control variates and the uncertainty need them), got {repeats}")
     if out.suffix.lower() != ".json":
         raise PhotongapError(f"--out must be a .json file, got {out}")
     if plot is not None and plot.suffix.lower() != ".png":
@@ -96,6 +96,8 @@ def plan_exposure(
     config: Annotated[Optional[Path], typer.Option(help="YAML with 'model' and 'training' sections, as for 'train'.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Training preset, as for 'train' (the default preset if omitted).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps per fraction.")] = None,
+    fine_tune: Annotated[bool, typer.Option("--fine-tune/--from-scratch", help="Start each dimmer fraction from the previous fraction's weights.")] = True,
+    fine_tune_steps: Annotated[Optional[int], typer.Option(help="Steps of each fine-tuned fraction (default: as many as the first).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the thinning.")] = 0,
     device: DeviceOption = Device.auto,
     gain: GainOption = None,
@@ -127,7 +129,7 @@ def plan_exposure(
             progress.update(task, completed=done, status=f"training at {fraction:g} of the light")
 
         plan = run_plan(planes, out, fractions, time_limit_minutes=time_limit, overrides={"steps": steps}, seed=seed, device=device.value,
-                        preset=preset, config_file=config, on_fraction=on_fraction)
+                        preset=preset, config_file=config, fine_tune=fine_tune, fine_tune_steps=fine_tune_steps, on_fraction=on_fraction)
         progress.update(task, completed=len(set(fractions)), status="done")
     for point in plan["fractions"]:
         console.print(f"  {point['fraction']:g} of the light: denoised PSNR {point['psnr']:.2f} dB (MSE {point['mse']:.4g} ± {point['mse_std']:.2g}), "

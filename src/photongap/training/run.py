@@ -122,6 +122,19 @@ def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info:
     return {"assessment": {**report["summary"], "file": "assessment.json"}, **({"posterior_gain": float(np.median(gains))} if gains else {})}
 
 
+def start_from_weights(module: GapLightningModule, path: str | Path) -> None:
+    """Copy a model file's weights into the network and its weight average (fine-tuning from a trained model)."""
+    from photongap.modelfile import load_model
+
+    network, config, _, _ = load_model(path)
+    if config != module.model_config:
+        raise PhotongapError(f"{path}: its network ({config}) is not the one this run trains ({module.model_config})")
+    with torch.no_grad():
+        for target in (module.network, module.average):
+            if target is not None:
+                target.load_state_dict(network.state_dict())
+
+
 def stored_preset(checkpoint: Path) -> str:
     """The preset a run was started from, as its ``last.ckpt`` records it (``custom`` if it does not)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
@@ -185,6 +198,7 @@ def train(
     callbacks: Sequence[L.Callback] = (),
     extra_info: dict[str, Any] | None = None,
     assess: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a GAP network on noisy photon-count images alone.
 
@@ -216,6 +230,10 @@ def train(
     assess : bool
         At the end, grade the validation images by held-out splits (:mod:`photongap.assessment`):
         ``run_dir/assessment.json``, and its summary in the model's ``info["assessment"]``.
+    init_from : path, optional
+        A ``model.pt`` whose weights start a new run (fine-tuning) instead of a random
+        initialisation; its network configuration must be the run's. The optimiser and the
+        learning-rate schedule start afresh.
 
     Examples
     --------
@@ -251,6 +269,10 @@ def train(
     )
     clock = RunClock()
     module = GapLightningModule(model_config, train_config, channels_last=True, clock=clock)
+    if init_from is not None:
+        if resume:
+            raise PhotongapError("a resumed run continues from its checkpoint; init_from applies to new runs only")
+        start_from_weights(module, init_from)
     run_files = RunFiles(run_dir, clock, checkpoint_every=max(1, min(100, train_config.val_every)), preset=run.preset)
     callbacks = [clock, run_files, *callbacks]
     if progress:
