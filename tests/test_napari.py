@@ -1,0 +1,175 @@
+"""The napari plugin: every widget docks in a real viewer, and its work runs in thread workers.
+
+Headless: Qt's offscreen platform (set here, before Qt starts, for these tests only). It has
+OpenGL only with an X display; without one, napari's two queries of the GL capabilities (the
+extensions and the largest texture, asked once when the first image layer gets its texture)
+get no answer and fail, so they are answered here with the most conservative values: no
+extensions, 2048 px textures. Nothing is drawn either way (the viewer is not shown).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from photongap.errors import PhotongapError  # noqa: E402
+from photongap.model import GapModel  # noqa: E402
+
+WIDGETS = {"Train": "TrainWidget", "Denoise": "DenoiseWidget", "Sample posterior": "SampleWidget", "Generate": "GenerateWidget"}
+TINY_RUN = """\
+model: {depth: 3, start_filters: 8, encoding_levels: 4}
+training: {batch_size: 4, patch_size: 32, val_every: 20, precision: fp32}
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_viewer():
+    patch = pytest.MonkeyPatch()
+    if os.environ["QT_QPA_PLATFORM"] == "offscreen" and not os.environ.get("DISPLAY"):
+        import napari._vispy
+        import napari._vispy.layers.image
+        from napari._vispy.utils import gl
+
+        answers = {gl.get_gl_extensions: lambda: "", gl.get_max_texture_sizes: lambda: (2048, 256)}
+        for module in [module for name, module in sys.modules.items() if name.startswith("napari._vispy")]:
+            for original, answer in answers.items():
+                name = original.__name__
+                if getattr(module, name, None) is original:
+                    patch.setattr(module, name, answer)
+    viewer = napari.Viewer(show=False)
+    yield viewer
+    viewer.close()
+    patch.undo()
+
+
+@pytest.fixture()
+def viewer(shared_viewer, qtbot):
+    """The module's viewer, emptied of layers and dock widgets after each test."""
+    yield shared_viewer
+    shared_viewer.layers.clear()
+    shared_viewer.window.remove_dock_widget("all")
+
+
+@pytest.fixture()
+def notifications():
+    from napari.utils.notifications import notification_manager
+
+    caught = []
+    notification_manager.notification_ready.connect(caught.append)
+    yield caught
+    notification_manager.notification_ready.disconnect(caught.append)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """An untrained tiny model's file: the widgets' plumbing, not the denoising, is tested here."""
+    import torch
+
+    from photongap.config import ModelConfig
+    from photongap.network import GapUNet
+
+    config = ModelConfig(depth=3, start_filters=8, encoding_levels=4)
+    torch.manual_seed(0)
+    return GapModel(GapUNet(config).eval(), config, {"note": "untrained test model"}).save(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget("photongap", name)
+    return widget
+
+
+def finish(qtbot, widget, timeout_ms: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running, timeout=timeout_ms)
+
+
+def counts(shape, level=2.0, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 3, shape[-2]), np.linspace(0, 4, shape[-1]), indexing="ij")
+    return rng.poisson(level * (1 + np.sin(y) * np.cos(x)), size=shape).astype(np.float32)
+
+
+# --- without napari ---------------------------------------------------------------------------
+
+
+def test_photongap_and_its_cli_do_not_import_napari_or_qt():
+    code = "import sys, photongap, photongap.cli.app, photongap.cli.commands; print(sorted(m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert done.stdout.strip() == "[]"
+
+
+def test_manifest_is_valid_and_installed():
+    from importlib.metadata import entry_points
+
+    import npe2
+
+    manifest = npe2.PluginManifest.from_file(Path(__file__).parents[1] / "src/photongap/napari/napari.yaml")
+    assert sorted(widget.display_name for widget in manifest.contributions.widgets) == sorted(WIDGETS)
+    assert [entry.value for entry in entry_points(group="napari.manifest") if entry.name == "photongap"] == ["photongap.napari:napari.yaml"]
+    plugins = npe2.PluginManager.instance()
+    plugins.discover()
+    assert plugins.get_manifest("photongap").name == "photongap"
+
+
+def test_layer_axes_and_refusals(shared_viewer):
+    from napari.layers import Image
+
+    from photongap.napari.layers import layer_axes, layer_counts
+
+    assert layer_axes(Image(np.zeros((3, 8, 8)))) == "ZYX"
+    assert layer_axes(Image(np.zeros((3, 8, 8)), axis_labels=("t", "y", "x"))) == "TYX"
+    moved = layer_counts(Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), axis_labels=("y", "x", "t")))
+    assert moved.axes == "TYX" and moved.counts.shape == (4, 2, 3)
+    assert np.array_equal(moved.to_layer(moved.counts), np.arange(24).reshape(2, 3, 4))
+    with pytest.raises(PhotongapError, match="RGB"):
+        layer_counts(Image(np.zeros((8, 8, 3), np.uint8), rgb=True))
+    with pytest.raises(PhotongapError, match="non-integer"):
+        layer_counts(Image(np.full((8, 8), 0.5, np.float32), name="half"))
+
+
+# --- in a viewer ------------------------------------------------------------------------------
+
+
+def test_every_widget_docks(viewer):
+    for name, cls in WIDGETS.items():
+        widget = dock(viewer, name)
+        assert type(widget).__name__ == cls
+    assert len(viewer.window.dock_widgets) == len(WIDGETS)
+
+
+def test_sample_data_is_noisy_counts_and_ground_truth(viewer):
+    viewer.open_sample("photongap", "cells")
+    noisy, truth = viewer.layers["cells"].data, viewer.layers["cells (ground truth)"].data
+    assert noisy.shape == truth.shape == (255, 511)
+    assert np.array_equal(noisy, np.rint(noisy)) and noisy.min() >= 0
+    assert abs(noisy.mean() - 1.0) < 0.05 and abs(truth.mean() - 1.0) < 1e-4
+
+
+def test_denoise_adds_a_layer_in_the_source_coordinates(viewer, qtbot, model_file):
+    data = counts((2, 40, 48))
+    viewer.add_image(data, name="cells", scale=(2.0, 0.5, 0.25), translate=(1.0, 10.0, -3.0), axis_labels=("z", "y", "x"), units=("um", "um", "um"))
+    widget = dock(viewer, "Denoise")
+    widget.model.path = model_file
+    widget.layer.setCurrentText("cells")
+    widget.run()
+    finish(qtbot, widget)
+    result = viewer.layers["cells [photongap]"]
+    assert result.data.shape == data.shape and result.data.dtype == np.float32
+    for attribute in ("scale", "translate"):
+        assert np.array_equal(getattr(result, attribute), getattr(viewer.layers["cells"], attribute))
+    assert result.axis_labels == ("z", "y", "x") and [str(u) for u in result.units] == ["micrometer"] * 3
+    # MMSE in the photon units of the input: each plane keeps its photons, and equals the library's result.
+    np.testing.assert_allclose(result.data.sum(axis=(1, 2)), data.sum(axis=(1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(result.data, GapModel.load(model_file).denoise(data, device="cpu"), rtol=1e-5, atol=1e-6)
+    assert widget.progress.value() == widget.progress.maximum()
