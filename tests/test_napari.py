@@ -30,7 +30,7 @@ from photongap.model import GapModel  # noqa: E402
 WIDGETS = {"Train": "TrainWidget", "Denoise": "DenoiseWidget", "Sample posterior": "SampleWidget", "Generate": "GenerateWidget"}
 TINY_RUN = """\
 model: {depth: 3, start_filters: 8, encoding_levels: 4}
-training: {batch_size: 4, patch_size: 32, val_every: 20, precision: fp32}
+training: {batch_size: 4, patch_size: 32, val_fraction: 0.0, precision: fp32}
 """
 
 
@@ -173,3 +173,109 @@ def test_denoise_adds_a_layer_in_the_source_coordinates(viewer, qtbot, model_fil
     np.testing.assert_allclose(result.data.sum(axis=(1, 2)), data.sum(axis=(1, 2)), rtol=1e-4)
     np.testing.assert_allclose(result.data, GapModel.load(model_file).denoise(data, device="cpu"), rtol=1e-5, atol=1e-6)
     assert widget.progress.value() == widget.progress.maximum()
+
+
+def test_sample_posterior_adds_samples_mean_and_std(viewer, qtbot, model_file):
+    data = counts((40, 48))
+    viewer.add_image(data, name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0), axis_labels=("y", "x"), units=("um", "um"))
+    widget = dock(viewer, "Sample posterior")
+    widget.model.path = model_file
+    widget.layer.setCurrentText("cells")
+    widget.n.setValue(3)
+    widget.device.setCurrentText("cpu")
+    widget.run()
+    finish(qtbot, widget)
+    samples, mean, std = (viewer.layers[f"cells [{tag}]"] for tag in ("samples", "mean", "std"))
+    assert samples.data.shape == (3, 40, 48) and mean.data.shape == std.data.shape == (40, 48)
+    assert np.array_equal(samples.scale, [1.0, 0.5, 0.25]) and np.array_equal(samples.translate, [0.0, 10.0, -3.0])
+    assert samples.axis_labels == ("sample", "y", "x")
+    for layer in (mean, std):
+        assert np.array_equal(layer.scale, [0.5, 0.25]) and np.array_equal(layer.translate, [10.0, -3.0]) and layer.axis_labels == ("y", "x")
+    np.testing.assert_allclose(mean.data, samples.data.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std.data, samples.data.std(axis=0, ddof=1), rtol=1e-3, atol=1e-5)
+    assert std.colormap.name == "inferno" and std.contrast_limits[0] == 0.0
+    # The same seed gives the library's samples.
+    np.testing.assert_allclose(samples.data, GapModel.load(model_file).sample(data, 3, seed=0, device="cpu").samples, rtol=1e-5)
+
+
+def test_generate_adds_a_stack(viewer, qtbot, model_file):
+    widget = dock(viewer, "Generate")
+    widget.model.path = model_file
+    for box, value in ((widget.n, 2), (widget.height, 16), (widget.width, 24)):
+        box.setValue(value)
+    widget.target.setValue(-5.0)
+    widget.device.setCurrentText("cpu")
+    widget.run()
+    finish(qtbot, widget)
+    generated = viewer.layers["generated [photongap]"].data
+    assert generated.shape == (2, 16, 24) and generated.min() >= 0
+
+
+def test_a_bad_model_file_gives_one_error_notification_and_no_traceback(viewer, qtbot, tmp_path, notifications):
+    from napari.utils.notifications import ErrorNotification
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(PhotongapError) as expected:  # what `photongap denoise` prints after "error: "
+        GapModel.load(bad)
+    viewer.add_image(counts((32, 32)), name="cells")
+    widget = dock(viewer, "Denoise")
+    widget.model.path = bad
+    widget.layer.setCurrentText("cells")
+    widget.run()
+    finish(qtbot, widget)
+    assert [(str(n.severity), n.message) for n in notifications] == [("error", str(expected.value))]
+    assert not any(isinstance(n, ErrorNotification) for n in notifications)  # those carry a traceback
+    assert widget.status.text() == f"error: {expected.value}" and widget.run_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def start_training(viewer, tmp_path: Path, steps: int):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_RUN)
+    viewer.open_sample("photongap", "cells")
+    widget = dock(viewer, "Train")
+    widget.layers.tick(["cells"])
+    widget.config.path = config
+    widget.steps.setValue(steps)
+    widget.minutes.setValue(0.0)
+    widget.out.path = tmp_path / "run"
+    widget.device.setCurrentText("cpu")
+    widget.run()
+    return widget
+
+
+@pytest.mark.slow
+def test_training_runs_in_a_worker_while_the_event_loop_turns(viewer, qtbot, tmp_path):
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(20)
+    widget = start_training(viewer, tmp_path, steps=20)
+    started = time.monotonic()
+    finish(qtbot, widget)
+    ended = time.monotonic()
+    timer.stop()
+    model = GapModel.load(tmp_path / "run" / "model.pt")
+    assert model.info["steps_done"] == 20 and widget.status.text().startswith("done: 20 steps")
+    # The GUI thread kept turning while the worker trained: its timer fired all along (blocked,
+    # it would fire once, after a gap as long as the training).
+    during = [tick for tick in ticks if started <= tick <= ended]
+    gaps = np.diff([started, *during, ended])
+    assert len(during) >= 10 and gaps.max() < (ended - started) / 2, (len(during), gaps.max(), ended - started)
+    # The live curve has every step's loss, and the bar is full.
+    assert widget.plot.steps == list(range(1, 21)) and np.isfinite(widget.plot.losses).all()
+    assert widget.progress.value() == widget.progress.maximum()
+
+
+@pytest.mark.slow
+def test_cancel_stops_training_and_keeps_a_usable_model(viewer, qtbot, tmp_path):
+    widget = start_training(viewer, tmp_path, steps=100_000)
+    qtbot.waitUntil(lambda: len(widget.plot.steps) > 0, timeout=60_000)
+    widget.cancel_button.click()
+    finish(qtbot, widget)
+    assert widget.status.text().startswith("stopped by Cancel")
+    model = GapModel.load(tmp_path / "run" / "model.pt")
+    assert 0 < model.info["steps_done"] < 1000
+    noisy = viewer.layers["cells"].data
+    np.testing.assert_allclose(model.denoise(noisy, device="cpu").sum(), noisy.sum(), rtol=1e-4)
