@@ -230,6 +230,19 @@ def test_a_bad_model_file_gives_one_error_notification_and_no_traceback(viewer, 
     assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
+def test_napari_cancelling_the_task_cancels_the_job(viewer, qtbot, model_file):
+    viewer.add_image(counts((2, 256, 256)), name="cells")
+    widget = dock(viewer, "Denoise")
+    widget.model.path = model_file
+    widget.layer.setCurrentText("cells")
+    widget.tile.setValue(64)
+    widget.run()
+    widget.job.worker.quit()  # what napari's activity panel and closing the window do
+    finish(qtbot, widget)
+    assert widget.status.text() == "cancelled: nothing was added" and widget.run_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
 def start_training(viewer, tmp_path: Path, steps: int):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_RUN)
@@ -251,6 +264,7 @@ def test_training_runs_in_a_worker_while_the_event_loop_turns(viewer, qtbot, tmp
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start(20)
+    denoise = dock(viewer, "Denoise")
     widget = start_training(viewer, tmp_path, steps=20)
     started = time.monotonic()
     finish(qtbot, widget)
@@ -266,6 +280,7 @@ def test_training_runs_in_a_worker_while_the_event_loop_turns(viewer, qtbot, tmp
     # The live curve has every step's loss, and the bar is full.
     assert widget.plot.steps == list(range(1, 21)) and np.isfinite(widget.plot.losses).all()
     assert widget.progress.value() == widget.progress.maximum()
+    assert denoise.model.path == tmp_path / "run" / "model.pt"  # the new model is offered to the other widgets
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
@@ -45,9 +45,27 @@ class CancelToken:
             raise Cancelled
 
 
+class _CancellableWorker(FunctionWorker):
+    """napari's function worker whose ``quit`` cancels the job.
+
+    napari calls ``quit`` on running tasks from its activity panel and when the window closes;
+    a plain function worker would only stop announcing its result and run on.
+    """
+
+    cancel_token: CancelToken | None = None
+
+    def quit(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+
+
 @dataclass(frozen=True)
 class _Failed:
     message: str
+
+
+class _Stopped:
+    """What a cancelled job returns (not an exception: a worker re-raises a returned exception)."""
 
 
 class _Relay(QObject):
@@ -83,16 +101,18 @@ class Job:
             try:
                 return work(self._relay.report.emit, self.cancel_token)
             except Cancelled:
-                return Cancelled()
+                return _Stopped()
             except PhotongapError as error:
                 return _Failed(str(error))
             except MemoryError:
                 return _Failed("out of memory; try smaller tiles, fewer samples or a smaller image")
 
         # _ignore_errors: napari's worker already notifies of an exception once; not twice.
-        self.worker = create_worker(guarded, _ignore_errors=True)
+        self.worker = create_worker(guarded, _ignore_errors=True, _worker_class=_CancellableWorker)
+        self.worker.cancel_token = self.cancel_token
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(lambda error: self._end("crashed"))
+        self.worker.finished.connect(lambda: self._end("crashed"))  # a no-op once returned or errored ended it
         self.worker.start()
 
     def cancel(self) -> None:
@@ -103,15 +123,19 @@ class Job:
         return not self._ended
 
     def _returned(self, outcome: Any) -> None:
-        if isinstance(outcome, Cancelled):
+        if isinstance(outcome, _Stopped):
             self._end("cancelled")
         elif isinstance(outcome, _Failed):
             show_error(outcome.message)
             self._end("failed", outcome.message)
         else:
-            self._on_done(outcome)
-            self._end("done")
+            try:
+                self._on_done(outcome)
+            finally:
+                self._end("done")
 
     def _end(self, how: str, message: str = "") -> None:
+        if self._ended:
+            return
         self._ended = True
         self._on_end(how, message)

@@ -43,6 +43,7 @@ class LossPlot(FigureCanvasQTAgg):
     def __init__(self, background: str = "#262930", foreground: str = "#f0f1f2", redraw_s: float = 0.3) -> None:
         figure = Figure(figsize=(3.6, 2.2), dpi=100, facecolor=background, layout="constrained")
         super().__init__(figure)
+        self.setMinimumHeight(170)
         self.axes = figure.add_subplot(facecolor=background)
         for spine in self.axes.spines.values():
             spine.set_color(foreground)
