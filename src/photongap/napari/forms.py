@@ -224,7 +224,7 @@ class JobWidget(QWidget):
         layout.addLayout(buttons)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
+        self.progress.setFormat("%p%")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.progress)
