@@ -34,6 +34,25 @@ training: {batch_size: 4, patch_size: 32, val_fraction: 0.0, precision: fp32}
 """
 
 
+MANIFEST = Path(__file__).parents[1] / "src/photongap/napari/napari.yaml"
+
+
+def _register_if_not_installed() -> None:
+    """Register the manifest from the source tree where photongap was installed before its entry point existed.
+
+    Only :func:`test_manifest_is_valid_and_installed` then fails, naming the missing entry point
+    (reinstall: ``pip install --no-deps -e .``), instead of every widget test.
+    """
+    import npe2
+
+    plugins = npe2.PluginManager.instance()
+    plugins.discover()
+    try:
+        plugins.get_manifest("photongap")
+    except KeyError:
+        plugins.register(npe2.PluginManifest.from_file(MANIFEST))
+
+
 @pytest.fixture(scope="module")
 def shared_viewer():
     patch = pytest.MonkeyPatch()
@@ -48,6 +67,7 @@ def shared_viewer():
                 name = original.__name__
                 if getattr(module, name, None) is original:
                     patch.setattr(module, name, answer)
+    _register_if_not_installed()
     viewer = napari.Viewer(show=False)
     yield viewer
     viewer.close()
@@ -114,9 +134,10 @@ def test_manifest_is_valid_and_installed():
 
     import npe2
 
-    manifest = npe2.PluginManifest.from_file(Path(__file__).parents[1] / "src/photongap/napari/napari.yaml")
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
     assert sorted(widget.display_name for widget in manifest.contributions.widgets) == sorted(WIDGETS)
     assert [entry.value for entry in entry_points(group="napari.manifest") if entry.name == "photongap"] == ["photongap.napari:napari.yaml"]
+    manifest.validate_imports()  # every python_name imports (raises if not)
     plugins = npe2.PluginManager.instance()
     plugins.discover()
     assert plugins.get_manifest("photongap").name == "photongap"
