@@ -69,6 +69,17 @@ def test_region_tiles_cover_the_region_and_give_the_whole_plane_logits(tiny_mode
         np.testing.assert_allclose(predict_logits(network, counts, region=region, **common), whole[region], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(("tile", "side", "margin", "multiple"), [(1024, 1024, 80, 8), (512, 1024, 80, 8), (64, 48, 8, 4), (48, 64, 4, 4), (16, 100, 8, 4)])
+def test_a_chunk_is_cut_into_as_few_equal_tiles_as_the_tile_size_allows(tile, side, margin, multiple):
+    from photongap.cluster.zarr_tiles import chunk_tile
+
+    largest = max(-(-tile // multiple) * multiple, 4 * margin, multiple)
+    fitted = chunk_tile(tile, side, margin, multiple)
+    assert fitted <= largest and fitted % multiple == 0
+    fewest = -(-side // (largest - 2 * margin))
+    assert len(plan_tiles((4 * side, 4 * side), fitted, 0, multiple, margin, (slice(side, 2 * side), slice(0, 1)))) == fewest
+
+
 def test_addresses_are_checked_in_one_line():
     assert parse_cluster("local:3") == ("local", 3) and parse_cluster("tcp://10.1.2.3:8786") == ("tcp", None)
     for bad in ("local:0", "local:two", "somewhere"):

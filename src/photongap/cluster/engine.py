@@ -63,6 +63,7 @@ def run_jobs(client: Client, jobs: Sequence[ClusterJob], progress: Callable[[int
     pending: dict[int, set[Future]] = {id(job): set() for job in jobs}
     queue = as_completed()
     open_jobs = set()
+    written: dict[int, list[Path]] = {}
 
     def submit(job: ClusterJob, futures: list[Future]) -> None:
         for future in futures:
@@ -76,7 +77,10 @@ def run_jobs(client: Client, jobs: Sequence[ClusterJob], progress: Callable[[int
         open_jobs.discard(id(job))
         client.cancel(list(pending[id(job)]))
         pending[id(job)].clear()
-        job.close(error)
+        try:
+            job.close(error)
+        except Exception as cleanup:  # the first error is the one to report
+            result.notes.append(f"{job.name}: cleaning up after the failure also failed ({one_line(cleanup)})")
 
     try:
         for job in jobs:
@@ -100,7 +104,7 @@ def run_jobs(client: Client, jobs: Sequence[ClusterJob], progress: Callable[[int
                 submit(job, job.finished(client, future))
                 if job.complete:
                     open_jobs.discard(id(job))
-                    result.written += job.close(None)
+                    written[id(job)] = job.close(None)
                     result.notes += getattr(job, "notes", [])
             except Exception as error:
                 fail(job, error)
@@ -110,5 +114,6 @@ def run_jobs(client: Client, jobs: Sequence[ClusterJob], progress: Callable[[int
             if id(job) in open_jobs:
                 job.close(error)
         raise
+    result.written = [path for job in jobs for path in written.get(id(job), [])]
     return result
 

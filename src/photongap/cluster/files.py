@@ -57,6 +57,8 @@ class FileJob:
     source: Path
     targets: Sequence[Path]
     arguments: tuple
+    samples: int = 0
+    """Samples per image, for a sampling job's note."""
     notes: list[str] = field(default_factory=list)
     tasks: int = 1
     complete: bool = False
@@ -77,7 +79,7 @@ class FileJob:
         if self.function is sample_task:
             written, calls, coverage = value
             self._written = list(written)
-            self.notes.append(f"sampled {self.source.name}: {self.arguments[3]} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
+            self.notes.append(f"sampled {self.source.name}: {self.samples} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
             for index, implied in coverage:
                 where = f" plane {index}" if index else ""
                 self.notes.append(f"check {self.source.name}{where}: the samples' central 80% would hold {implied:.0%} of the truth (0.80: calibrated; from held-out photons)")
@@ -101,4 +103,4 @@ def denoise_job(model_path: Path, source: Path, target: Path, *, axes: str | Non
 
 def sample_job(model_path: Path, source: Path, targets: Sequence[Path], *, axes: str | None, camera: Camera, device: str, n: int, check: bool = False, **options: Any) -> FileJob:
     """A job sampling one file in one task; ``options`` go to :func:`photongap.pipeline.sample_file`."""
-    return FileJob(sample_task, str(model_path), source, list(targets), (axes, camera, device, n, check, options))
+    return FileJob(sample_task, str(model_path), source, list(targets), (axes, camera, device, n, check, options), samples=n)

@@ -28,6 +28,7 @@ from distributed import Client, Future
 
 from photongap.camera import Camera
 from photongap.cluster.setup import cached_model, worker_device
+from photongap.tiling import round_up
 
 Block = tuple[slice, ...]
 """One chunk of an output laid out as :attr:`photongap.io.Image.plane_axes`: slices of the plane axes, then Y and X."""
@@ -37,6 +38,20 @@ def chunk_blocks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[Block]
     """The blocks of an array's chunk grid, in C order."""
     ranges = [[slice(start, min(start + size, extent)) for start in range(0, extent, size)] for extent, size in zip(shape, chunks)]
     return [tuple(block) for block in itertools.product(*ranges)]
+
+
+def chunk_tile(tile: int | None, side: int, margin: int, multiple: int) -> int:
+    """The tile for a chunk of ``side`` px: no larger than ``tile``, with cores of equal size that cover the chunk.
+
+    A chunk of 1024 px with 1024 px tiles and 80 px margins would otherwise take two cores of
+    864 px per axis, the second mostly wasted: 2.5 times the network's work of the whole image.
+    ``tile`` None: one window per chunk (the whole plane, if it fits in one chunk).
+    """
+    if tile is None:
+        return side + 2 * margin
+    core = max(round_up(tile, multiple), 4 * margin, multiple) - 2 * margin  # plan_tiles' own enlargement
+    pieces = -(-side // core)
+    return round_up(-(-side // pieces), multiple) + 2 * margin
 
 
 def _planes(block: Block) -> list[tuple[int, ...]]:
@@ -61,9 +76,8 @@ def logits_task(
     device = resolve_device(worker_device(device))
     network = model.logits_fn(device, options["precision"])
     rows, cols = block[-2:]
-    multiple, overlap, tile = model.config.size_multiple, options["overlap"], options["tile"]
-    if tile is None:  # one window per chunk, the chunk and its context: the whole plane if it fits in one chunk
-        tile = max(rows.stop - rows.start, cols.stop - cols.start) + 2 * tile_margin(overlap, model.context, multiple)
+    multiple, overlap = model.config.size_multiple, options["overlap"]
+    tile = chunk_tile(options["tile"], max(rows.stop - rows.start, cols.stop - cols.start), tile_margin(overlap, model.context, multiple), multiple)
     planes = dict(iter_planes(image))
     out = np.empty(tuple(s.stop - s.start for s in block), dtype=np.float32)
     sums = []
