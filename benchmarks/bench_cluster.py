@@ -76,8 +76,11 @@ def run(args: list[str], kill_after: float | None = None) -> dict:
             for member in tree:
                 peaks[member.pid] = max(peaks.get(member.pid, 0), member.memory_info().rss)
                 if member.pid not in roles:
+                    # Workers forked from the fork server keep its command line: tell them apart by their parent.
+                    parent = member.ppid()
                     line = " ".join(member.cmdline())
-                    roles[member.pid] = "main" if member.pid == process.pid else "forkserver" if "forkserver" in line else "tracker" if "resource_tracker" in line else "worker"
+                    roles[member.pid] = ("main" if member.pid == process.pid else "tracker" if "resource_tracker" in line
+                                         else "forkserver" if parent == process.pid and "forkserver" in line else "worker")
         except psutil.Error:
             pass
         elapsed = time.perf_counter() - started
