@@ -256,7 +256,7 @@ def test_denoise_a_folder_into_a_folder(denoised):
 
 def test_denoise_files_in_two_processes_gives_the_same_results(denoised):
     assert_ok(denoised.results["parallel"])
-    assert "with 2 processes" in denoised.results["parallel"].stderr
+    assert "on 2 Dask workers" in denoised.results["parallel"].stderr  # --devices 2 is --cluster local:2
     for stored in folder_entries(denoised.outputs / "folder"):
         one = tifffile.imread(denoised.outputs / "folder" / stored)
         two = tifffile.imread(denoised.outputs / "parallel" / stored)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from photongap.io import Image, read_image, write_image
-from photongap.errors import PhotongapError
 from photongap.camera import Camera
-from photongap.pipeline import DenoiseJob, denoise_file, denoise_files
+from photongap.pipeline import denoise_file
 
 
 def test_ome_zarr_stack_is_denoised_into_ome_zarr_keeping_scale_and_photons(tiny_model, poisson_image, tmp_path):
@@ -33,25 +31,3 @@ def test_adu_input_and_output_round_trip_through_the_camera(tiny_model, poisson_
     np.testing.assert_allclose(photons, tiny_model.denoise(counts, device="cpu"), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(adu, camera.to_adu(np.asarray(photons)), rtol=1e-5)
 
-
-def test_denoise_files_in_two_processes_matches_one_and_stops_on_a_bad_file(tiny_model, poisson_image, tmp_path):
-    model_path = tiny_model.save(tmp_path / "model.pt")
-    inputs = [tmp_path / f"in{i}.tif" for i in range(3)]
-    for i, path in enumerate(inputs):
-        write_image(path, poisson_image((40, 48), 2.0, seed=i), "YX")
-    jobs = [DenoiseJob(path, tmp_path / "out" / path.name) for path in inputs]
-    ticks: list[int] = []
-    written = denoise_files(model_path, jobs, workers=2, device="cpu", tile=None, progress=ticks.append)
-    assert written == [job.target for job in jobs]
-    assert sum(ticks) == 3  # one whole-plane tile per file
-    for job in jobs:
-        alone = denoise_file(tiny_model, read_image(job.path), tmp_path / "alone.tif", tile=None, device="cpu", overwrite=True)
-        np.testing.assert_allclose(read_image(job.target).data, read_image(alone).data, rtol=1e-4, atol=1e-6)
-
-    broken = tmp_path / "broken.tif"
-    broken.write_bytes(b"not a tiff")
-    bad_jobs = [DenoiseJob(broken, tmp_path / "bad" / "broken.tif"), *[DenoiseJob(p, tmp_path / "bad" / p.name) for p in inputs]]
-    with pytest.raises(PhotongapError, match="broken.tif"):
-        denoise_files(model_path, bad_jobs, workers=2, device="cpu", tile=None)
-    left = sorted(path.name for path in (tmp_path / "bad").glob("*")) if (tmp_path / "bad").exists() else []
-    assert "broken.tif" not in left and all(name in {p.name for p in inputs} for name in left)

@@ -2,32 +2,29 @@
 
 Each job reads with :mod:`photongap.io`, converts camera units to photon counts,
 calls the model, and writes through an :class:`~photongap.io.ImageWriter`, so outputs
-appear whole or not at all.
+appear whole or not at all. Many files at once, or one image too large for one machine,
+go to a Dask cluster: :mod:`photongap.cluster`, which runs these same jobs.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from photongap.errors import PhotongapError
 from photongap.camera import Camera, CountsView
 from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, read_image, write_image
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from photongap.model import GapModel
-from photongap.runtime import resolve_device
 from photongap.sampling import PosteriorSamples
 from photongap.tiling import row_blocks
 
 
-def _plane_name(image: Image, index: tuple[int, ...]) -> str:
+def plane_name(image: Image, index: tuple[int, ...]) -> str:
+    """How messages name one plane of an image: its path, and the plane's index in a stack."""
     return f"{image.path}" + (f" (plane {index})" if index else "")
 
 
@@ -44,7 +41,7 @@ def training_planes(paths: Sequence[Path], axes: str | None, camera: Camera) -> 
     planes, names = [], []
     for image in read_images(paths, axes, camera):
         for index, plane in iter_planes(image):
-            name = _plane_name(image, index)
+            name = plane_name(image, index)
             planes.append(CountsView(plane, camera, name)[:, :])
             names.append(name)
     return planes, names
@@ -53,6 +50,11 @@ def training_planes(paths: Sequence[Path], axes: str | None, camera: Camera) -> 
 def total_tiles(model: GapModel, images: Sequence[Image], tile: int | None, overlap: int) -> int:
     """Tiles that denoising these images takes (for a progress bar)."""
     return sum(int(np.prod(image.plane_shape[:-2], dtype=np.int64)) * model.tiles_per_plane(image.plane_shape[-2:], tile, overlap) for image in images)
+
+
+def denoise_description(camera: Camera, output_units: str) -> str:
+    """The description a denoised file carries."""
+    return f"photongap MMSE denoising (GAP), {camera.describe(output_units)}"
 
 
 def denoise_file(
@@ -80,10 +82,10 @@ def denoise_file(
     Zarr inputs and outputs.
     """
     camera.check_units(output_units)
-    description = f"photongap MMSE denoising (GAP), {camera.describe(output_units)}"
+    description = denoise_description(camera, output_units)
     with ImageWriter(out_path, image.plane_shape, image.plane_axes, like=image, description=description, overwrite=overwrite) as writer:
         for index, plane in iter_planes(image):
-            counts = CountsView(plane, camera, _plane_name(image, index))
+            counts = CountsView(plane, camera, plane_name(image, index))
             target = writer.array[index] if isinstance(writer.array, np.ndarray) else None
             result = model.denoise(
                 counts, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision, out=target, progress=progress
@@ -94,86 +96,6 @@ def denoise_file(
             if target is None:
                 writer.array[index] = result
     return out_path
-
-
-@dataclass(frozen=True)
-class DenoiseJob:
-    """One input file and where its denoised result goes."""
-
-    path: Path
-    target: Path
-
-
-def worker_devices(device: str, workers: int) -> list[str]:
-    """The device of each of ``workers`` processes: GPUs round-robin, or the CPU for all."""
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        count = torch.cuda.device_count()
-        return [f"cuda:{i % count}" for i in range(workers)]
-    return [str(resolved)] * workers
-
-
-_worker: dict[str, Any] = {}
-
-
-def _start_worker(model_path: Path, devices: Any, ticks: Any, threads: int, options: dict[str, Any]) -> None:
-    """Worker process set-up: its device (one each, from a queue), its share of the cores, the model."""
-    if threads:
-        torch.set_num_threads(threads)
-    _worker.update(model=GapModel.load(model_path), device=devices.get(), ticks=ticks, options=options)
-
-
-def _denoise_in_worker(job: DenoiseJob, axes: str | None) -> Path:
-    image = read_image(job.path, axes)
-    options, ticks = _worker["options"], _worker["ticks"]
-    return denoise_file(_worker["model"], image, job.target, device=_worker["device"], progress=ticks.put, **options)
-
-
-def denoise_files(
-    model_path: Path,
-    jobs: Sequence[DenoiseJob],
-    *,
-    workers: int,
-    axes: str | None = None,
-    device: str = "auto",
-    progress: Callable[[int], None] | None = None,
-    **options: Any,
-) -> list[Path]:
-    """Denoise many files with ``workers`` processes sharing them (see :func:`denoise_file`).
-
-    Each process loads the model once and takes the next file when it is done with one. On
-    GPUs the processes are spread over the devices; on the CPU each gets an equal share of
-    the cores, which pays when files are many and small (one process already uses every
-    core on large tiles). ``options`` are passed to :func:`denoise_file`. If a file fails,
-    the files not yet started are dropped and the error is raised; finished outputs are
-    complete and the failed one is not left half-written.
-    """
-    if workers < 1:
-        raise PhotongapError(f"--devices must be at least 1, got {workers}")
-    workers = min(workers, len(jobs))
-    devices = worker_devices(device, workers)
-    threads = max(1, torch.get_num_threads() // workers) if devices[0] == "cpu" else 0
-    context = multiprocessing.get_context("spawn")
-    device_queue, ticks = context.Queue(), context.Queue()
-    for name in devices:
-        device_queue.put(name)
-    done: list[Path | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model_path, device_queue, ticks, threads, options)) as pool:
-        order = {pool.submit(_denoise_in_worker, job, axes): i for i, job in enumerate(jobs)}
-        pending = set(order)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                while progress is not None and not ticks.empty():
-                    progress(ticks.get())
-                for future in finished:
-                    done[order[future]] = future.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    while progress is not None and not ticks.empty():
-        progress(ticks.get())
-    return [path for path in done if path is not None]
 
 
 def sample_axis(axes: str) -> str:
@@ -214,7 +136,7 @@ def sample_file(
     for index, plane in iter_planes(image):
         if on_plane is not None:
             on_plane(index)
-        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, _plane_name(image, index))[:, :], n, **sample_options)
+        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, plane_name(image, index))[:, :], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
     samples, mean = camera.output(samples, output_units), camera.output(mean, output_units)

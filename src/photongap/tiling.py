@@ -47,23 +47,29 @@ def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
     return np.where(folded >= size, period - folded, folded)
 
 
-def _axis_windows(size: int, tile: int, margin: int, multiple: int) -> Iterator[tuple[np.ndarray, slice, slice]]:
+def _axis_windows(size: int, tile: int, margin: int, multiple: int, span: slice | None = None) -> Iterator[tuple[np.ndarray, slice, slice]]:
     """Windows along one axis: (indices read, core in image, core in window).
 
     Windows lie inside the axis reflect-padded to ``multiple`` (what an untiled pass sees)
     and start on multiples of ``multiple``, so each window pools on the same grid as the
     untiled pass and border pixels see the same context: tiled logits match untiled ones.
+    With ``span``, the cores cover only ``span`` (a block of a larger image, e.g. one chunk of
+    a Zarr array), seeing the same context as they would in the whole image's plan.
     """
+    low, high = (0, size) if span is None else (span.start, span.stop)
     padded = round_up(size, multiple)
     window = min(tile, padded)
     if window == padded:
-        yield _reflect(np.arange(padded), size), slice(0, size), slice(0, size)
+        yield _reflect(np.arange(padded), size), slice(low, high), slice(low, high)
         return
-    core = window - 2 * margin
-    for start in range(0, size, core):
-        stop = min(start + core, size)
+    core, start = window - 2 * margin, low
+    while start < high:
         first = min(max((start - margin) // multiple * multiple, 0), padded - window)
+        # A span that starts off the pooling grid shortens the core so that it keeps its margin on the right.
+        limit = padded if first + window == padded else first + window - margin
+        stop = min(start + core, high, limit)
         yield _reflect(np.arange(first, first + window), size), slice(start, stop), slice(start - first, stop - first)
+        start = stop
 
 
 def tile_margin(overlap: int, context: int, multiple: int) -> int:
@@ -75,8 +81,10 @@ def tile_margin(overlap: int, context: int, multiple: int) -> int:
     return round_up(max(overlap // 2, context, 0), multiple)
 
 
-def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple: int, context: int = 0) -> list[Tile]:
-    """Cut an image of ``shape`` into tiles whose cores cover it exactly once.
+def plan_tiles(
+    shape: tuple[int, int], tile: int | None, overlap: int, multiple: int, context: int = 0, region: tuple[slice, slice] | None = None
+) -> list[Tile]:
+    """Cut an image of ``shape`` (or the ``region`` of it) into tiles whose cores cover it exactly once.
 
     Parameters
     ----------
@@ -94,8 +102,12 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple:
     context : int
         The network's receptive radius (:func:`photongap.network.receptive_radius`): with
         at least this much context on each side a core's logits equal an untiled pass's.
+    region : (slice, slice), optional
+        Only this block of the image (``start:stop`` in rows and columns): its cores, with
+        windows in the whole image's coordinates. What one task of a cluster computes.
     """
     height, width = shape
+    rows_span, cols_span = region if region is not None else (None, None)
     if tile is None:
         tile, margin = round_up(max(height, width), multiple), 0
     else:
@@ -103,8 +115,8 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, multiple:
         # A core narrower than its margins would cost more in context than it gives: at least 2 margins.
         tile = max(round_up(tile, multiple), 4 * margin, multiple)
     tiles = []
-    for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple):
-        for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple):
+    for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple, rows_span):
+        for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple, cols_span):
             tiles.append(Tile(rows, cols, (core_y, core_x), (in_y, in_x)))
     return tiles
 
@@ -127,8 +139,9 @@ def predict_logits(
     batch_size: int = 4,
     out: Any | None = None,
     progress: Callable[[int], None] | None = None,
+    region: tuple[slice, slice] | None = None,
 ) -> Any:
-    """Logits of a whole image, computed tile by tile and stitched.
+    """Logits of a whole image (or of a ``region`` of it), computed tile by tile and stitched.
 
     Parameters
     ----------
@@ -144,6 +157,8 @@ def predict_logits(
         ``(Y, X)`` float32 destination (e.g. a memory map); a new array if omitted.
     progress : callable, optional
         Called with the number of tiles finished after each batch.
+    region : (slice, slice), optional
+        Only this block (see :func:`plan_tiles`); ``out`` then has the block's shape.
 
     Returns
     -------
@@ -151,8 +166,9 @@ def predict_logits(
         ``out``, holding the stitched logits.
     """
     shape = tuple(counts.shape)
-    out = np.empty(shape, dtype=np.float32) if out is None else out
-    tiles = plan_tiles(shape, tile, overlap, multiple, context)
+    rows, cols = region if region is not None else (slice(0, shape[0]), slice(0, shape[1]))
+    out = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32) if out is None else out
+    tiles = plan_tiles(shape, tile, overlap, multiple, context, region)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         # Windows at the image's edge can be smaller than inner ones: group by shape.
@@ -163,7 +179,8 @@ def predict_logits(
             windows = np.stack([_read_window(counts, t.window_rows, t.window_cols) for t in group])
             logits = logits_fn(torch.from_numpy(windows)[:, None]).float().cpu().numpy()[:, 0]
             for item, tile_logits in zip(group, logits):
-                out[item.core] = tile_logits[item.core_in_window]
+                core_y, core_x = item.core
+                out[core_y.start - rows.start : core_y.stop - rows.start, core_x.start - cols.start : core_x.stop - cols.start] = tile_logits[item.core_in_window]
         if progress is not None:
             progress(len(batch))
     return out

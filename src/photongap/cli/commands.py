@@ -33,7 +33,7 @@ from photongap.cli.app import (
     sampling_progress,
     schedule_from_options,
 )
-from photongap.errors import PhotongapError
+from photongap.cli.cluster import ClusterOption, cluster_address
 
 
 @app.command()
@@ -95,7 +95,8 @@ def denoise(
     overlap: OverlapOption = defaults.DEFAULT_OVERLAP,
     batch_size: Annotated[Optional[int], typer.Option(help="Tiles per network call [default: 1 on a CPU (fastest there), 4 on a GPU].")] = None,
     device: DeviceOption = Device.auto,
-    devices: Annotated[int, typer.Option(help="Processes sharing the files: one per GPU, or the CPU cores split between them.")] = 1,
+    devices: Annotated[int, typer.Option(help="Worker processes sharing the files here: --devices K is --cluster local:K.")] = 1,
+    cluster: ClusterOption = None,
     precision: PrecisionOption = Precision.auto,
     gain: GainOption = None,
     offset: OffsetOption = None,
@@ -109,31 +110,28 @@ def denoise(
     or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
     from photongap.io import check_new_outputs, find_images, output_paths
     from photongap.model import load
-    from photongap.pipeline import DenoiseJob, denoise_file, denoise_files, read_images, total_tiles
+    from photongap.pipeline import denoise_file, read_images, total_tiles
     from photongap.runtime import resolve_device
 
     camera = camera_from_options(gain, offset, calibration)
+    address = cluster_address(cluster, devices)
     resolve_device(device.value)
-    if devices < 1:
-        raise PhotongapError(f"--devices must be at least 1, got {devices}")
     network = load(model)
     paths = find_images(inputs)
-    images = read_images(paths, axes, camera)
     targets = output_paths(paths, out)
     check_new_outputs(targets, overwrite)
     options = dict(camera=camera, output_units=output_units.value, tile=tile or None, overlap=overlap, batch_size=batch_size, precision=precision.value, overwrite=overwrite)
+    if address is not None:
+        from photongap.cli.cluster import denoise_on_cluster
+
+        return denoise_on_cluster(address, model, paths, targets, out, axes=axes, device=device.value, **options)
+    images = read_images(paths, axes, camera)
     with progress_bar() as progress:
         task = progress.add_task("denoising", total=total_tiles(network, images, tile or None, overlap), status="tiles")
-        processes = min(devices, len(images))
-        if processes > 1:
-            progress.update(task, status=f"{len(images)} files, {processes} processes")
-            jobs = [DenoiseJob(image.path, target) for image, target in zip(images, targets)]
-            denoise_files(model, jobs, workers=devices, axes=axes, device=device.value, progress=lambda done: progress.advance(task, done), **options)
-        else:
-            for image, target in zip(images, targets):
-                progress.update(task, status=image.path.name)
-                denoise_file(network, image, target, device=device.value, progress=lambda done: progress.advance(task, done), **options)
-    console.print(f"[green]denoised[/] {len(images)} image(s) into {out}" + (f" with {processes} processes" if processes > 1 else ""))
+        for image, target in zip(images, targets):
+            progress.update(task, status=image.path.name)
+            denoise_file(network, image, target, device=device.value, progress=lambda done: progress.advance(task, done), **options)
+    console.print(f"[green]denoised[/] {len(images)} image(s) into {out}")
 
 
 @app.command()
@@ -160,6 +158,7 @@ def sample(
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,
     device: DeviceOption = Device.auto,
+    cluster: ClusterOption = None,
     precision: PrecisionOption = Precision.auto,
     movie: Annotated[Optional[Path], typer.Option(help="GIF/MP4 of the first sample of the first image accumulating photons.")] = None,
     gain: GainOption = None,
@@ -193,6 +192,11 @@ def sample(
     targets = output_paths(paths, out, ("_samples", "_mean", "_std"), extension=".tif")
     check_new_outputs([path for group in targets for path in group], overwrite)
     network = load(model)
+    if cluster is not None:
+        from photongap.cli.cluster import sample_on_cluster
+
+        return sample_on_cluster(cluster, model, paths, targets, axes=axes, camera=camera, device=device.value, movie=movie, n=n, check=check, overwrite=overwrite,
+                                 output_units=output_units.value, **options, **{key: value for key, value in common.items() if key != "device"})
     images = read_images(paths, axes, camera)
     recorder = MovieRecorder() if movie else None
     for number, (image, outputs) in enumerate(zip(images, targets)):

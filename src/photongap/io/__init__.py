@@ -24,6 +24,7 @@ from photongap.io.files import (
     output_path,
     output_paths,
     partial_name,
+    remove_partials,
 )
 from photongap.io.image import AXES, Image, LazyPlane, iter_planes, plane_axes_order
 from photongap.io.readers import MEMMAP_MIN_BYTES, read_image
@@ -45,5 +46,6 @@ __all__ = [
     "partial_name",
     "plane_axes_order",
     "read_image",
+    "remove_partials",
     "write_image",
 ]

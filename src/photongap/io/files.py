@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -189,6 +190,18 @@ def partial_name(path: str | Path) -> Path:
     kind = image_suffix(path) or path.suffix
     stem = path.name[: len(path.name) - len(kind)] if kind and path.name.lower().endswith(kind.lower()) else path.name
     return path.with_name(f".{stem}.partial-{os.getpid()}{kind}")
+
+
+def remove_partials(path: str | Path) -> None:
+    """Remove every :func:`partial_name` of ``path`` that processes left behind (a worker killed mid-write).
+
+    Call it only once nothing is writing ``path`` any more: the temporaries of all processes go.
+    """
+    path = Path(path)
+    head, tail = partial_name(path).name.rsplit(f".partial-{os.getpid()}", 1)
+    pattern = f"{glob.escape(head)}.partial-*{glob.escape(tail)}"
+    for stale in path.parent.glob(pattern) if path.parent.is_dir() else ():
+        _remove(stale)
 
 
 @contextlib.contextmanager
