@@ -84,4 +84,4 @@ def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path
     result = CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "cell.tif"), "-o", str(tmp_path / "out"), "-n", "4", "--posterior-gain", "4", "--device", "cpu", "--check"])
     assert result.exit_code == 0, result.output
     assert "check cell.tif: the samples' central 80% would hold" in result.output
-    assert "3 network calls each" in result.output  # 0 dB -> 2.8 dB: two steps and the final draw
+    assert "2 network calls each" in result.output  # 0 dB -> 0.8 dB: one step and the final draw

@@ -343,3 +343,26 @@ def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.
     if error_floor_sd > 0:
         error = torch.maximum(error, error_floor_sd * terms.std() * math.sqrt(terms.numel()))
     return thinned.double().sum() / error
+
+
+def gain_at_level(low: tuple[float, float], high: tuple[float, float], level: float) -> float:
+    """The gain at ``level`` from gains measured at two lower levels, on the power law through them.
+
+    ``low = (q1, g1)`` and ``high = (q2, g2)`` with ``q1 < q2`` (levels as fractions of the image's
+    photons, gains of :func:`network_gain`). ``g`` falls with the level as ``g ~ q**-a``: ``g = S / err``
+    with ``S ~ q`` and the network's error ``err ~ q**b`` in photons**2 of the input; ``b`` lies in
+    [0, 1] (``b < 0``: a brighter input would make a worse estimate; ``b > 1``: the gain would fall
+    below the pixel-wise ``g = 1`` as the level grows), so ``a = 1 - b`` is clipped to [0, 1]:
+    the clip bounds what two noisy gains can do to the extrapolation (at most a factor
+    ``level / q2`` from ``g2``).
+
+    Examples
+    --------
+    >>> round(gain_at_level((0.5, 20.0), (0.7, 16.0), 1.0), 2)  # a = 0.663
+    12.63
+    """
+    (q1, g1), (q2, g2) = low, high
+    if not (0 < q1 < q2 and g1 > 0 and g2 > 0 and level > 0):
+        raise ValueError(f"gain_at_level needs 0 < q1 < q2 and positive gains, got {low}, {high}")
+    slope = min(max(math.log(g1 / g2) / math.log(q2 / q1), 0.0), 1.0)
+    return g2 * (level / q2) ** -slope
