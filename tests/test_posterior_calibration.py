@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from photongap.physics import gain_at_level
+from photongap.physics import dirichlet_predictive, gain_at_level, tweedie_gain_map
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -67,7 +67,7 @@ def test_default_samples_cover_the_truth_at_80_percent_and_their_mean_is_the_mms
     for seed in range(2):
         clean, counts = scene(seed)
         posterior = exact_model.sample(counts, 16, seed=seed, device="cpu")
-        assert posterior.network_calls == 2 and posterior.gain_calls == 4  # one step above the trained top, and the final draw
+        assert posterior.network_calls == 2 and posterior.gain_calls == 6  # one step above the trained top and the final draw; the gain and its map
         mmse = (K + counts) * THETA / (1 + THETA)
         coverage.append(rank_coverage(posterior.samples, clean, rng))
         gaps.append(psnr(clean, posterior.mean) - psnr(clean, mmse))
@@ -91,3 +91,47 @@ def test_the_check_tracks_the_coverage_of_a_calibrated_and_of_a_too_narrow_sampl
     for check, truth in readings.values():
         assert abs(check - truth) < 0.05, readings
     assert readings["narrow"][1] < 0.6 < readings["calibrated"][1]
+
+
+def test_the_gain_map_of_the_exact_network_is_its_true_gain_everywhere(exact_model):
+    """Robbins' identity: the network's response to one more photon gives its posterior variance."""
+    _, counts = scene(5, (128, 128))
+    gain_map, gain = exact_model.gain_map(counts, 1.0, at_least=True, device="cpu")  # 1.0: a bound the map exceeds
+    expected = 1 + K / float(counts.mean())
+    assert gain == pytest.approx(expected, rel=0.05)
+    assert float(gain_map.min()) > 0.85 * expected and float(gain_map.max()) < 1.15 * expected
+    # Scaled to a given gain otherwise, with the same (flat) shape.
+    scaled, given = exact_model.gain_map(counts, 10.0, device="cpu")
+    assert given == 10.0 and float(scaled.mean()) == pytest.approx(10.0, rel=0.05)
+
+
+def test_the_gain_map_is_higher_where_the_network_pools_more_photons():
+    counts = torch.poisson(torch.full((1, 1, 96, 96), 3.0), generator=torch.Generator().manual_seed(0))
+
+    def smoother(y):  # 3 x 3 box on the left half, 9 x 9 on the right: posterior variance mu/9 and mu/81
+        narrow = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (1,) * 4, mode="replicate"), 3, stride=1)
+        wide = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (4,) * 4, mode="replicate"), 9, stride=1)
+        return torch.cat([narrow[..., :48], wide[..., 48:]], dim=-1)
+
+    probes = (torch.rand(counts.shape, generator=torch.Generator().manual_seed(1)) < 1 / 16).double()
+    gain_map = tweedie_gain_map(smoother(counts.double()), smoother(counts.double() + probes), probes)
+    left, right = float(gain_map[..., 16:80, 8:36].median()), float(gain_map[..., 16:80, 60:88].median())
+    # The shape is what the map is for (it is scaled to the held-out gain): 81 / 9. Each value reads
+    # about 1.5 times high, the probe's own spread leaking into the 7 x 7 ring it is compared with.
+    assert right / left == pytest.approx(9.0, rel=0.25)
+    assert 9.0 <= left < 2 * 9.0 and 81.0 <= right < 2 * 81.0
+
+
+def test_a_flat_gain_map_is_the_dirichlet_and_a_higher_gain_narrows_its_pixels():
+    generator = torch.Generator().manual_seed(0)
+    thinned = torch.poisson(torch.full((2, 1, 16, 16), 4.0), generator=generator)
+    removed = torch.poisson(torch.full((2, 1, 16, 16), 2.0), generator=generator)
+    logits = torch.randn(2, 1, 16, 16, generator=generator)
+    scalar = dirichlet_predictive(logits, thinned, removed, 5.0)
+    flat = dirichlet_predictive(logits, thinned, removed, torch.full((1, 1, 16, 16), 5.0, dtype=torch.float64))
+    torch.testing.assert_close(flat.probabilities, scalar.probabilities)
+    torch.testing.assert_close(flat.concentration, scalar.concentration, rtol=1e-6, atol=1e-9)  # probabilities are float32
+    varying = torch.full((1, 1, 16, 16), 5.0, dtype=torch.float64)
+    varying[..., 8:] = 50.0
+    relative_variance = 1 / dirichlet_predictive(logits, thinned, removed, varying).concentration
+    assert float(relative_variance[..., 8:].mean()) < 0.5 * float(relative_variance[..., :8].mean())
