@@ -159,12 +159,12 @@ def test_train_writes_the_validation_assessment_and_info_shows_it(trained_run):
     model = photongap.load(run / "model.pt")
     assert model.info["assessment"]["mse"] == pytest.approx(report["summary"]["mse"])
     assert len(model.info["data"]["plane_hashes"]) == 3 and len(model.info["data"]["validation_hashes"]) == 1
-    # The posterior gain is measured once, on the validation image, and sampling then uses it
-    # instead of spending network calls on each image.
+    # The posterior gain is measured once, on the validation image (shown by info); sampling
+    # measures each image's own, since it varies from image to image.
     held_out = tifffile.imread(root / "data" / "cells2.tif").astype(np.float32)
     assert model.info["posterior_gain"] == pytest.approx(model.estimate_gain(held_out, repeats=4, device="cpu"), rel=1e-3)
     posterior = model.sample(counts_image(5).astype(np.float32), n=2, device="cpu")
-    assert posterior.gain == pytest.approx(model.info["posterior_gain"]) and posterior.gain_calls == 0
+    assert posterior.gain != pytest.approx(model.info["posterior_gain"]) and posterior.gain_calls == 6
     shown = cli("info", run / "model.pt")
     assert shown.returncode == 0 and "assessed  1 validation image(s)" in shown.stderr + shown.stdout
     assert f"posterior gain {model.info['posterior_gain']:.3g}" in shown.stderr + shown.stdout

@@ -480,9 +480,9 @@ def test_the_final_dirichlet_draw_has_the_posterior_mean_and_spread():
 
 
 def test_the_stop_rule_relative_to_the_trained_range():
-    assert StopRule.above_trained(-0.2).target_psnr == pytest.approx(2.8)
-    assert StopRule.above_trained(-0.2, start_psnr=-10.0).target_psnr == pytest.approx(2.8)
-    assert StopRule.above_trained(-0.2, start_psnr=5.0).target_psnr == pytest.approx(8.0)  # brighter than trained: 3 dB above itself
+    assert StopRule.above_trained(-0.2).target_psnr == pytest.approx(0.8)
+    assert StopRule.above_trained(-0.2, start_psnr=-10.0).target_psnr == pytest.approx(0.8)
+    assert StopRule.above_trained(-0.2, start_psnr=5.0).target_psnr == pytest.approx(6.0)  # brighter than trained: 1 dB above itself
     assert StopRule.above_trained(20.0, db_above=1.0).target_psnr == pytest.approx(21.0)
     with pytest.raises(PhotongapError, match="db_above"):
         StopRule.above_trained(0.0, db_above=0.0)

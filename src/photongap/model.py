@@ -22,7 +22,7 @@ from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE,
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model
 from photongap.network import receptive_radius
-from photongap.physics import mmse_from_logits, network_gain, split_counts
+from photongap.physics import gain_at_level, mmse_from_logits, network_gain, split_counts, thin_to_level, tweedie_gain_map
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
@@ -30,10 +30,12 @@ from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles
 
 LEVEL_TOLERANCE_DB = 3.0
 """How far (dB) sampling may start below or go above the trained range before it warns."""
-GAIN_FRACTION = 0.9
-"""Binomial fraction ``q`` of the held-out splits that estimate the posterior gain from an image."""
+GAIN_FRACTIONS = (0.5, 0.7)
+"""Binomial fractions ``q1, q2`` of the held-out splits the posterior gain is measured at (of the sampler's level)."""
 GAIN_REPEATS = 2
-"""Held-out splits per gain estimate: this many network calls (one batch), once per image."""
+"""Held-out splits per fraction: ``2 * GAIN_REPEATS`` network calls, once per image."""
+GAIN_PROBE_DENSITY = 1 / 16
+"""Share of the pixels given one more photon to map the network's variance (:meth:`GapModel.gain_map`)."""
 GAIN_ERROR_FLOOR_SD = 2.0
 """The network's error in the gain is taken as at least this many of its standard errors (see :func:`photongap.physics.network_gain`)."""
 GENERATION_TOLERANCE_DB = 10.0
@@ -200,7 +202,7 @@ class GapModel:
         self,
         counts: np.ndarray,
         *,
-        fraction: float = GAIN_FRACTION,
+        fractions: tuple[float, float] = GAIN_FRACTIONS,
         repeats: int = GAIN_REPEATS,
         seed: int = 0,
         logits: LogitsFn | None = None,
@@ -208,30 +210,87 @@ class GapModel:
         precision: Precision = "auto",
         tile: int | None = DEFAULT_SAMPLE_TILE,
     ) -> float:
-        """The network's gain ``g`` on this image, without ground truth: ``repeats`` network calls.
+        """The network's gain ``g`` on this image, without ground truth: ``2 * repeats`` network calls.
 
-        ``y ~ Binomial(x, q)``, ``z = x - y``, ``mu = softmax(net(y)) * sum(y)``;
-        ``g = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` pooled over the repeats
-        (:func:`photongap.physics.network_gain`). ``q`` is lowered where needed so that ``y`` is no
-        brighter than ``fraction`` times the top of the trained range. The estimate is good to
-        tens of percent (it is noisy for ``q`` near 1, and ``g`` falls with the level).
+        The gain is wanted at the level the sampler runs the network at: the image's, or the top
+        of the trained range where the image is brighter (``f``, as a fraction of its photons).
+        Measured there directly (``q`` near 1) it is swamped by the noise of the few held-out
+        photons (its relative noise grows as ``q / (1 - q)``), so it is measured at two lower
+        fractions ``q1 < q2`` (``fractions`` times ``f``: ``y ~ Binomial(x, q)``, ``z = x - y``,
+        ``g(q) = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` pooled over the ``repeats``,
+        :func:`photongap.physics.network_gain`) and carried to ``f`` on the power law through
+        them (:func:`photongap.physics.gain_at_level`). The default fractions keep both inside
+        a default-preset model's trained range (its lowest inputs are half the data's photons).
+        """
+        return self._held_out_gain(counts, fractions, repeats, seed, logits, device, precision, tile)[0]
+
+    def _held_out_gain(self, counts, fractions, repeats, seed, logits, device, precision, tile) -> tuple[float, bool]:
+        """:meth:`estimate_gain`, and whether the held-out photons resolved the network's error at both fractions.
+
+        Where they did not, the error was floored at what they can resolve and the gain is a lower bound.
         """
         counts = np.asarray(counts, dtype=np.float32)
         total = float(counts.sum(dtype=np.float64))
         trained = self.trained_range()
+        level = 1.0
         if trained is not None and total > 0:
-            fraction = min(fraction, fraction * 10 ** (trained[1] / 10) * counts.size / total)
+            level = min(1.0, 10 ** (trained[1] / 10) * counts.size / total)
         device = resolve_device(device)
         if logits is None:
             logits = self._sampling_logits_fn(device, precision, None, tile, counts.shape)
         generator = torch.Generator(device=device).manual_seed(seed)
         image = torch.from_numpy(counts).to(device)[None, None].expand(repeats, 1, *counts.shape).contiguous()
-        split = split_counts(image, torch.full((repeats,), fraction, device=device), generator)
-        estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
-        gain = float(network_gain(estimate, split.input_counts, split.target_counts, fraction, error_floor_sd=GAIN_ERROR_FLOOR_SD))
-        if not (math.isfinite(gain) and gain > 0):
+        gains, resolved = [], True
+        for fraction in fractions:
+            split = split_counts(image, torch.full((repeats,), fraction * level, device=device), generator)
+            estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
+            arguments = (estimate, split.input_counts, split.target_counts, fraction * level)
+            gains.append(float(network_gain(*arguments, error_floor_sd=GAIN_ERROR_FLOOR_SD)))
+            resolved &= bool(network_gain(*arguments) == gains[-1])
+        if not all(math.isfinite(gain) and gain > 0 for gain in gains):
             raise PhotongapError(f"cannot estimate the posterior gain of an image without photons ({total:g}); pass gain=")
-        return gain
+        return gain_at_level((fractions[0] * level, gains[0]), (fractions[1] * level, gains[1]), level), resolved
+
+    def gain_map(
+        self,
+        counts: np.ndarray,
+        gain: float,
+        *,
+        seed: int = 0,
+        logits: LogitsFn | None = None,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        tile: int | None = DEFAULT_SAMPLE_TILE,
+        at_least: bool = False,
+    ) -> tuple[torch.Tensor, float]:
+        """The gain ``gain`` spread over the image as the network's own variance is: 2 network calls.
+
+        ``y``: ``counts`` thinned to the trained top where brighter (what the sampler predicts
+        from). The network is run on ``y`` and on ``y`` plus one photon at a random
+        ``GAIN_PROBE_DENSITY`` of the pixels; :func:`photongap.physics.tweedie_gain_map` turns the
+        responses into a map ``g_i``, scaled so that ``sum(mu / g_i) = sum(y) / gain``: the total
+        posterior variance stays the one measured on held-out photons (:meth:`estimate_gain`).
+        With ``at_least`` (the held-out photons could not resolve the network's error, so ``gain``
+        is only a lower bound) the network's own overall gain is used where it is higher: its
+        belief, within what the data allow. Returns the map ``(1, 1, Y, X)`` float64 on ``device``
+        and the overall gain it was scaled to.
+        """
+        counts = np.asarray(counts, dtype=np.float32)
+        device = resolve_device(device)
+        if logits is None:
+            logits = self._sampling_logits_fn(device, precision, None, tile, counts.shape)
+        trained = self.trained_range()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        image = torch.from_numpy(counts).to(device)[None, None]
+        if trained is not None:
+            image = thin_to_level(image, 10 ** (trained[1] / 10), generator).thinned
+        probes = (torch.rand(image.shape, generator=generator, device=device) < GAIN_PROBE_DENSITY).float()
+        both = torch.cat([image, image + probes])
+        mean = mmse_from_logits(logits(both), both.double().sum(dim=(1, 2, 3))).double()
+        shape = tweedie_gain_map(mean[:1], mean[1:], probes)
+        own = float(image.double().sum()) / float((mean[:1] / shape).sum())
+        used = max(gain, own) if at_least else gain
+        return shape * (used / own), used
 
     def sample(
         self,
@@ -257,7 +316,7 @@ class GapModel:
         predicts from the thinned copy, updates that prediction pixel by pixel with the photons
         thinned away (:func:`photongap.physics.dirichlet_predictive`, worth ``gain`` photons per
         input photon) and draws the step's photons from it (FAST_SCHEDULE's photon counts). It
-        stops 3 dB above ``T`` (about 3 network calls from the data level) and each sample is one
+        stops 1 dB above ``T`` (one step: 2 network calls from the data level) and each sample is one
         draw of the clean image from the final predictive, scaled to the input's photons.
 
         With a ``schedule`` (and no ``gain``) it is the plain GAP loop: ``Poisson(softmax(net(x)) n_t)``
@@ -272,7 +331,7 @@ class GapModel:
             Number of samples.
         target_psnr, target_photons
             Stop when the accumulated image reaches this pseudo-PSNR (dB) or photon total.
-            Default: 3 dB above the trained top (above the image's level if that is brighter);
+            Default: 1 dB above the trained top (above the image's level if that is brighter);
             20 dB for a model without a trained range, or for the plain loop.
         schedule : PhotonSchedule, optional
             Photons per step and how they are drawn: the plain loop. None: the Dirichlet sampler
@@ -287,9 +346,11 @@ class GapModel:
             Images larger than this are predicted tile by tile, logits stitched before the
             softmax (the same method as :meth:`denoise`).
         gain : float, optional
-            The Dirichlet sampler's ``g``. Default: ``info["posterior_gain"]`` of the model file,
-            else :meth:`estimate_gain` on ``counts`` (2 extra network calls per image, reported
-            as ``gain_calls``).
+            The Dirichlet sampler's ``g``, one for the whole image. Default: measured on ``counts``
+            (:meth:`estimate_gain`) and spread over the image as the network's own variance is
+            (:meth:`gain_map`): 6 network calls per image, once for all samples, reported as
+            ``gain_calls``. (The model file's ``info["posterior_gain"]`` is not used: the gain
+            varied up to fivefold between the images of one data set.)
         final : {"draw", "mean"}
             The Dirichlet sampler's sample: a draw from the final predictive, or its mean.
 
@@ -328,13 +389,15 @@ class GapModel:
         self._warn_outside(start_db, None, LEVEL_TOLERANCE_DB, "sampling")
         gain_calls = 0
         if gain is None:
-            gain = self.info.get("posterior_gain")
-        if gain is None:
-            # Its own seed stream, so that the samples of one seed do not depend on whether
-            # the gain was given or estimated.
-            gain = self.estimate_gain(counts, seed=seed + 1_000_003, logits=network, device=device)
-            gain_calls = GAIN_REPEATS
-        posterior = DirichletPosterior(gain=float(gain), trained_top=top, final=final)
+            # Measured on this image, not read from the model file: on the held-out images of one
+            # data set the gain ranged from 4 to 20 (benchmarks/bench_sampling.py). Its own seed
+            # stream, so that the samples of one seed do not depend on whether it was given.
+            gain, resolved = self._held_out_gain(counts, GAIN_FRACTIONS, GAIN_REPEATS, seed + 1_000_003, network, device, precision, tile)
+            spread, gain = self.gain_map(counts, gain, seed=seed + 1_000_003, logits=network, device=device, at_least=not resolved)
+            gain_calls = 2 * GAIN_REPEATS + 2
+        else:
+            spread = float(gain)
+        posterior = DirichletPosterior(gain=spread, trained_top=top, final=final)
         result = accumulate_photons(
             network, start, scale_to=total, schedule=schedule or FAST_SCHEDULE, stop=stop, generator=generator, on_step=on_step, posterior=posterior
         )

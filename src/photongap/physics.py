@@ -248,11 +248,13 @@ def thin_to_level(counts: torch.Tensor, photons_per_pixel: float | torch.Tensor,
 
 
 class DirichletPredictive(NamedTuple):
-    """Where the next photons land, ``probabilities`` ``(B, C, Y, X)``, and how sure that is: ``strength`` ``(B,)``.
+    """Where the next photons land, ``probabilities`` ``(B, C, Y, X)``, and how sure that is: ``strength``.
 
-    The clean image (normalised) is ``Dirichlet(probabilities * strength)``: its concentration
-    is ``alpha = probabilities * strength`` and each pixel's variance is
-    ``P_i (1 - P_i) / (strength + 1)``.
+    The clean image (normalised) is ``Dirichlet(probabilities * strength)`` for a ``strength``
+    ``A`` of shape ``(B,)``: concentration ``alpha = probabilities * strength``, each pixel's
+    variance ``P_i (1 - P_i) / (A + 1)``. A ``strength`` map ``(B, C, Y, X)`` (a gain that varies
+    over the image) generalises it: independent ``Gamma(alpha_i) / A_i`` normalised to one, each
+    pixel of relative variance ``1 / alpha_i``; a constant map is the Dirichlet.
     """
 
     probabilities: torch.Tensor
@@ -261,7 +263,15 @@ class DirichletPredictive(NamedTuple):
     @property
     def concentration(self) -> torch.Tensor:
         """``alpha = probabilities * strength``, ``(B, C, Y, X)`` float64."""
-        return self.probabilities.double() * self.strength.double().reshape(-1, *([1] * (self.probabilities.dim() - 1)))
+        return self.probabilities.double() * self.per_pixel_strength
+
+    @property
+    def per_pixel_strength(self) -> torch.Tensor:
+        """``A_i``: ``strength`` broadcast to ``(B, C, Y, X)`` (or ``(B, 1, 1, 1)``), float64."""
+        strength = self.strength.double()
+        if strength.dim() == 1:
+            strength = strength.reshape(-1, *([1] * (self.probabilities.dim() - 1)))
+        return strength
 
 
 def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: torch.Tensor, gain: float | torch.Tensor) -> DirichletPredictive:
@@ -278,6 +288,12 @@ def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: t
     ``Dir(c m + z)``; its mean ``P`` is the predictive of the next photon and its strength ``A``
     sets the spread of a step (:func:`photongap.sampling.dirichlet_step`).
 
+    A gain map ``g_i`` (:func:`tweedie_gain_map`) makes the prior of each pixel's clean value
+    ``Gamma(g_i mu_i, rate g_i)`` (mean ``mu_i``, variance ``mu_i / g_i``); the removed photons,
+    ``Poisson(r lambda_i)`` with ``r = sum(z) / sum(y)``, update it to ``Gamma(alpha_i, g_i + r)``,
+    ``alpha_i = g_i mu_i + z_i``. ``P`` is its mean normalised, ``A_i = alpha_i / P_i`` per pixel;
+    a constant ``g`` gives the formulas above.
+
     Parameters
     ----------
     logits : torch.Tensor
@@ -285,21 +301,79 @@ def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: t
     thinned, removed : torch.Tensor
         ``(B, C, Y, X)`` from :func:`thin_to_level` (``removed`` may be all zero).
     gain : float or torch.Tensor
-        ``g > 0`` (one for all images, or ``(B,)``).
+        ``g > 0``: one for all images, ``(B,)``, or a map ``(B or 1, C, Y, X)``.
 
     Returns
     -------
     DirichletPredictive
-        ``probabilities`` float32 summing to 1 per image, ``strength`` ``(B,)`` float64.
+        ``probabilities`` float32 summing to 1 per image, ``strength`` float64 ``(B,)`` (a map
+        ``(B, C, Y, X)`` for a gain map).
     """
     batch = logits.shape[0]
-    gain = torch.as_tensor(gain, dtype=torch.float64, device=logits.device).reshape(-1).expand(batch)
-    prior = gain * thinned.double().reshape(batch, -1).sum(dim=1)
+    tiny = torch.finfo(torch.float64).tiny
     shape = (batch, *([1] * (logits.dim() - 1)))
+    gain = torch.as_tensor(gain, dtype=torch.float64, device=logits.device)
+    photons_y = thinned.double().reshape(batch, -1).sum(dim=1)
+    photons_z = removed.double().reshape(batch, -1).sum(dim=1)
+    if gain.dim() == logits.dim():
+        mu = mmse_from_logits(logits, photons_y).double()
+        rate = gain + (photons_z / photons_y.clamp_min(tiny)).reshape(shape)
+        mean = (gain * mu + removed.double()) / rate
+        total = mean.reshape(batch, -1).sum(dim=1).clamp_min(tiny).reshape(shape)
+        return DirichletPredictive((mean / total).float(), rate * total)
+    gain = gain.reshape(-1).expand(batch)
+    prior = gain * photons_y
     alpha = mmse_from_logits(logits, prior).double() + removed.double()
-    strength = prior + removed.double().reshape(batch, -1).sum(dim=1)
-    probabilities = alpha / strength.clamp_min(torch.finfo(torch.float64).tiny).reshape(shape)
+    strength = prior + photons_z
+    probabilities = alpha / strength.clamp_min(tiny).reshape(shape)
     return DirichletPredictive(probabilities.float(), strength)
+
+
+def tweedie_gain_map(mean: torch.Tensor, probed: torch.Tensor, probes: torch.Tensor, window: int = 15) -> torch.Tensor:
+    """Where the network is surer and where less: a local gain from its response to added photons.
+
+    For Poisson counts ``y`` and any prior, Robbins' identity gives the posterior variance of each
+    pixel from the posterior mean alone: ``Var[lambda_i | y] = mu_i(y) (mu_i(y + e_i) - mu_i(y))``,
+    ``e_i`` one more photon at pixel ``i``. So the network's own MMSE, run once more on ``y`` plus
+    one photon at each of a sparse random set of ``probes``, says how its variance is spread over
+    the image: the response ``d_i`` at a probe, less the response around it from the other
+    probes (the mean over the unprobed pixels of its 7 x 7 neighbourhood), and
+    ``g_i = sum_w mu / sum_w mu d`` over the probes in a ``window`` around ``i``. Windows with
+    little signal are drawn to the image's overall ratio (a tenth of a typical window's weight).
+    Only the shape is meant: the network's error beyond its own belief (a misfit to the data) is
+    invisible to it, and the probe's own spread leaks into the ring it is compared with (for box
+    smoothers of 3 x 3 and 9 x 9 pixels both gains read about 1.5 times high), so the caller
+    scales the map to a gain measured on held-out photons.
+
+    Parameters
+    ----------
+    mean : torch.Tensor
+        ``(B, 1, Y, X)`` ``mu(y)`` in photons of ``y``.
+    probed : torch.Tensor
+        ``(B, 1, Y, X)`` ``mu(y + probes)`` in photons of ``y + probes``.
+    probes : torch.Tensor
+        ``(B, 1, Y, X)`` 0/1, the pixels given one more photon.
+    window : int
+        Odd side of the pooling window.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, Y, X)`` float64, positive.
+    """
+    mean, probes = mean.double(), probes.double()
+    response = probed.double() - mean
+
+    def box(image: torch.Tensor, side: int) -> torch.Tensor:
+        padded = torch.nn.functional.pad(image, (side // 2,) * 4, mode="replicate")
+        return torch.nn.functional.avg_pool2d(padded, side, stride=1)
+
+    around = box(response * (1 - probes), 7) / box(1 - probes, 7).clamp_min(1e-12)
+    delta = ((response - around) * probes).clamp_min(0)
+    weight, spread = box(mean * probes, window), box(mean * delta, window)
+    overall = weight.sum(dim=(1, 2, 3), keepdim=True) / spread.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-300)
+    floor = 0.1 * weight.mean(dim=(1, 2, 3), keepdim=True)
+    return (weight + floor) / (spread + floor / overall)
 
 
 def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.Tensor, fraction: float, error_floor_sd: float = 0.0) -> torch.Tensor:
@@ -343,3 +417,26 @@ def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.
     if error_floor_sd > 0:
         error = torch.maximum(error, error_floor_sd * terms.std() * math.sqrt(terms.numel()))
     return thinned.double().sum() / error
+
+
+def gain_at_level(low: tuple[float, float], high: tuple[float, float], level: float) -> float:
+    """The gain at ``level`` from gains measured at two lower levels, on the power law through them.
+
+    ``low = (q1, g1)`` and ``high = (q2, g2)`` with ``q1 < q2`` (levels as fractions of the image's
+    photons, gains of :func:`network_gain`). ``g`` falls with the level as ``g ~ q**-a``: ``g = S / err``
+    with ``S ~ q`` and the network's error ``err ~ q**b`` in photons**2 of the input; ``b`` lies in
+    [0, 1] (``b < 0``: a brighter input would make a worse estimate; ``b > 1``: the gain would fall
+    below the pixel-wise ``g = 1`` as the level grows), so ``a = 1 - b`` is clipped to [0, 1]:
+    the clip bounds what two noisy gains can do to the extrapolation (at most a factor
+    ``level / q2`` from ``g2``).
+
+    Examples
+    --------
+    >>> round(gain_at_level((0.5, 20.0), (0.7, 16.0), 1.0), 2)  # a = 0.663
+    12.63
+    """
+    (q1, g1), (q2, g2) = low, high
+    if not (0 < q1 < q2 and g1 > 0 and g2 > 0 and level > 0):
+        raise ValueError(f"gain_at_level needs 0 < q1 < q2 and positive gains, got {low}, {high}")
+    slope = min(max(math.log(g1 / g2) / math.log(q2 / q1), 0.0), 1.0)
+    return g2 * (level / q2) ** -slope

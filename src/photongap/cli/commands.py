@@ -150,10 +150,10 @@ def sample(
     beta_max: BetaMaxOption = None,
     dispersion: Annotated[Optional[float], typer.Option(help=f"With the plain loop: the spread a pixel-wise posterior adds within each step (0: published Poisson draw; default: {schedules.FAST_SCHEDULE.dispersion:g}).")] = None,
     posterior_gain: Annotated[
-        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon; default: the model file's, else estimated from each image, 2 network calls).")
+        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon), one for the whole image; default: measured on each image from held-out photons and spread over it as the network's own variance is, 6 network calls per image.")
     ] = None,
     final: Annotated[str, typer.Option(help="The Dirichlet sampler's sample: 'draw' (one draw of the clean image given the final photons) or 'mean'.")] = "draw",
-    check: Annotated[bool, typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth; one more sampling run on half the photons).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth; one more sampling run on four fifths of the photons).")] = False,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,

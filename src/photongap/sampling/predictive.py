@@ -27,9 +27,10 @@ class DirichletPosterior:
 
     Attributes
     ----------
-    gain : float
+    gain : float or torch.Tensor
         ``g`` of :func:`photongap.physics.network_gain`: the prediction from ``y`` counts as
-        ``g * sum(y)`` photons of evidence.
+        ``g * sum(y)`` photons of evidence; or a map ``(1, 1, Y, X)`` of it over the image
+        (:func:`photongap.physics.tweedie_gain_map`, every sample of the batch of one image).
     trained_top : float or None
         Pseudo-PSNR (dB) of the brightest inputs the network was trained on; the network is
         run on a copy thinned to it whenever the counts are brighter. None: never thin.
@@ -38,12 +39,15 @@ class DirichletPosterior:
         (the uncertainty left at the end, at no extra network call), or its mean ``alpha_T / A_T``.
     """
 
-    gain: float
+    gain: float | torch.Tensor
     trained_top: float | None = None
     final: Literal["draw", "mean"] = "draw"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.gain) and self.gain > 0):
+        if isinstance(self.gain, torch.Tensor):
+            if not (self.gain.dim() == 4 and bool(torch.isfinite(self.gain).all()) and bool((self.gain > 0).all())):
+                raise PhotongapError(f"a posterior gain map must be a positive finite (1, 1, Y, X) tensor, got shape {tuple(self.gain.shape)}")
+        elif not (math.isfinite(self.gain) and self.gain > 0):
             raise PhotongapError(f"the posterior gain must be a positive number, got {self.gain}")
         if self.trained_top is not None and not math.isfinite(self.trained_top):
             raise PhotongapError(f"trained_top must be a finite pseudo-PSNR in dB, got {self.trained_top}")
@@ -100,6 +104,7 @@ def final_estimate(prediction: Prediction, total: torch.Tensor, final: Literal["
     if final == "mean":
         return (prediction.predictive.probabilities.double() * total).float()
     alpha = prediction.predictive.concentration.clamp_min(torch.finfo(torch.float64).tiny)
-    gamma = torch._standard_gamma(alpha, generator=generator)
+    # Gamma(alpha_i) / A_i: the clean image up to one factor (A is one number per image for the Dirichlet).
+    gamma = torch._standard_gamma(alpha, generator=generator) / prediction.predictive.per_pixel_strength.clamp_min(torch.finfo(torch.float64).tiny)
     share = gamma / gamma.reshape(gamma.shape[0], -1).sum(dim=1).clamp_min(torch.finfo(torch.float64).tiny).reshape(shape)
     return (share * total).float()

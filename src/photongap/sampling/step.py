@@ -20,12 +20,14 @@ def draw_photons(counts: torch.Tensor, rates: torch.Tensor, excess: torch.Tensor
     rates : torch.Tensor
         ``(B, 1, Y, X)`` expected photons to add per pixel.
     excess : torch.Tensor or None
-        ``(B,)`` relative extra variance per image (0 or None: a plain Poisson draw).
+        ``(B,)`` relative extra variance per image, or ``(B, 1, Y, X)`` per pixel (0 or None: a plain Poisson draw).
     generator : torch.Generator, optional
         Source of randomness, on the device of ``counts``.
     """
     if excess is not None:
-        excess = excess.to(rates.device, torch.float32).reshape(-1, 1, 1, 1).expand(rates.shape[0], 1, 1, 1)
+        excess = excess.to(rates.device, torch.float32)
+        if excess.dim() == 1:
+            excess = excess.reshape(-1, 1, 1, 1).expand(rates.shape[0], 1, 1, 1)
         if bool((excess > 0).any()):
             # Gamma(shape = rate / e, scale = e) has mean rate and variance rate * e. (The private
             # _standard_gamma is what torch.distributions.Gamma samples with; it alone takes a
@@ -113,5 +115,9 @@ def dirichlet_step(
     photons_to_add = photons_to_add.to(counts.device, torch.float64)
     rates = predictive.probabilities.double() * photons_to_add.reshape(-1, 1, 1, 1)
     # A strength below one photon (an empty canvas) is read as one, as in sample_step.
-    excess = photons_to_add / predictive.strength.to(counts.device).clamp_min(1.0)
+    # Per pixel ``n P_i / alpha_i = n / A_i``: one value per image for the Dirichlet.
+    strength = predictive.strength.to(counts.device)
+    if strength.dim() > 1:
+        photons_to_add = photons_to_add.reshape(-1, *([1] * (strength.dim() - 1)))
+    excess = photons_to_add / strength.clamp_min(1.0)
     return draw_photons(counts, rates, excess, generator)

@@ -11,11 +11,15 @@ from photongap.errors import PhotongapError
 from photongap.physics import pseudo_psnr
 from photongap.schedule import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
 
-DB_ABOVE_TRAINED = 3.0
-"""Where sampling stops by default: this many dB (3 dB: twice the photons) above the top of the trained range.
+DB_ABOVE_TRAINED = 1.0
+"""Where sampling stops by default: this many dB above the top of the trained range, one step of FAST_SCHEDULE (1.76 dB).
 
-The network is never run above its trained top (the sampler thins to it), so going further
-only costs network calls; the final Dirichlet draw supplies the uncertainty still left."""
+The network is never run above its trained top (the sampler thins to it), so each step beyond
+it hides more of the data's own photons from the final prediction: after one step it still
+sees two thirds of them, after two (3 dB) half. That loss biases the samples' mean (measured
+on two data sets: 2% of the MMSE's squared error after one step, 5-7% after two), while the
+wider chain did not improve the coverage; the final Dirichlet draw supplies the uncertainty
+still left."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class StopRule:
         Examples
         --------
         >>> StopRule.above_trained(-0.2).target_psnr
-        2.8
+        0.8
         """
         if not (math.isfinite(trained_top) and math.isfinite(db_above) and db_above > 0):
             raise PhotongapError(f"above_trained needs a finite trained top and db_above > 0, got {trained_top}, {db_above}")

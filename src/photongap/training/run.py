@@ -104,8 +104,8 @@ def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info:
 
     Returns what goes into the model's ``info``: ``assessment``, the summary of
     :func:`photongap.assessment.assess_planes`, and ``posterior_gain``, the median over the
-    validation planes of :meth:`photongap.model.GapModel.estimate_gain` (what the posterior
-    sampler would otherwise estimate on every image it samples, from that image alone).
+    validation planes of :meth:`photongap.model.GapModel.estimate_gain` (shown by ``photongap
+    info``; the sampler measures each image's own, which varied up to fivefold between images).
     Validation planes cut from a single image (its bottom rows) are graded as they were held out.
     """
     import json

@@ -1,0 +1,137 @@
+"""The default sampler on a scene whose posterior is known exactly: gain, coverage and the check.
+
+Pixels are independent, ``lambda_i ~ Gamma(k, theta)``. Given counts ``y`` of a ``q``-thinned
+exposure the posterior of ``lambda_i`` is ``Gamma(k + y_i)`` with one scale for all pixels, so the
+normalised clean image is exactly ``Dirichlet(k + y)``: the "network" ``logits = log(k + y)`` is
+the MMSE, worth ``g = 1 + k / mean(y)`` photons per photon (``g = 1 + 1 / (q theta)``, falling with
+the level as a real network's does), and the Dirichlet sampler with that gain is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from photongap.physics import dirichlet_predictive, gain_at_level, tweedie_gain_map
+from photongap.posterior_check import spread_skill
+from photongap.sample_data import psnr
+
+K, THETA = 4.0, 0.5  # 2 photons/px on average; g = 3 at the full level
+
+
+def rank_coverage(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> float:
+    below = (samples < truth[None]).sum(axis=0)
+    ties = (samples == truth[None]).sum(axis=0)
+    u = (below + rng.random(truth.shape) * (ties + 1)) / (samples.shape[0] + 1)
+    return float(np.mean((u >= 0.1) & (u <= 0.9)))
+
+
+@pytest.fixture
+def exact_model(tiny_model, monkeypatch):
+    tiny_model.info = {"trained_range": [-3.0, 10 * math.log10(K * THETA)]}
+    monkeypatch.setattr(tiny_model, "_sampling_logits_fn", lambda *args, **kwargs: lambda counts: torch.log(K + counts))
+    return tiny_model
+
+
+def scene(seed: int, shape=(96, 96)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clean = rng.gamma(K, THETA, shape)
+    return clean, rng.poisson(clean).astype(np.float32)
+
+
+def test_gain_at_level_follows_the_power_law_and_is_clipped_to_physical_slopes():
+    assert gain_at_level((0.25, 40.0), (0.5, 20.0), 1.0) == pytest.approx(10.0)  # g ~ 1/q: slope 1
+    assert gain_at_level((0.25, 8.0), (0.5, 8.0), 1.0) == pytest.approx(8.0)  # flat
+    assert gain_at_level((0.25, 80.0), (0.5, 20.0), 1.0) == pytest.approx(10.0)  # slope 2 clipped to 1
+    assert gain_at_level((0.25, 10.0), (0.5, 20.0), 1.0) == pytest.approx(20.0)  # rising gain clipped to flat
+    with pytest.raises(ValueError):
+        gain_at_level((0.5, 10.0), (0.5, 20.0), 1.0)
+
+
+def test_the_gain_is_measured_at_the_level_the_sampler_runs_the_network(exact_model):
+    clean, counts = scene(0, (128, 128))
+    expected = 1 + K / float(counts.mean())  # at the full level: the top of the trained range
+    estimates = [exact_model.estimate_gain(counts, seed=seed, device="cpu") for seed in range(3)]
+    # Unbiased on average; single estimates scatter by tens of percent (the held-out photons' noise).
+    assert abs(np.mean(estimates) / expected - 1) < 0.1 and all(abs(g / expected - 1) < 0.3 for g in estimates), (estimates, expected)
+    # Measured at q = 0.5 alone it would be about 1 + 1/(0.5 theta) = 5: far too high.
+    assert max(estimates) < 0.8 * (1 + K / (0.5 * float(counts.mean())))
+
+
+def test_default_samples_cover_the_truth_at_80_percent_and_their_mean_is_the_mmse(exact_model):
+    rng = np.random.default_rng(1)
+    coverage, gaps = [], []
+    for seed in range(2):
+        clean, counts = scene(seed)
+        posterior = exact_model.sample(counts, 16, seed=seed, device="cpu")
+        assert posterior.network_calls == 2 and posterior.gain_calls == 6  # one step above the trained top and the final draw; the gain and its map
+        mmse = (K + counts) * THETA / (1 + THETA)
+        coverage.append(rank_coverage(posterior.samples, clean, rng))
+        gaps.append(psnr(clean, posterior.mean) - psnr(clean, mmse))
+    assert 0.75 <= np.mean(coverage) <= 0.85, coverage
+    # Exact samples: E[MSE of the mean of 16] = MSE(MMSE) (1 + 1/16), 0.26 dB below it.
+    assert -0.5 < np.mean(gaps) < 0.0, gaps
+
+
+def test_the_check_tracks_the_coverage_of_a_calibrated_and_of_a_too_narrow_sampler(exact_model):
+    from photongap.physics import split_counts
+
+    rng = np.random.default_rng(2)
+    clean, counts = scene(3)
+    split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([0.5]), torch.Generator().manual_seed(0))
+    kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
+    right = exact_model.estimate_gain(kept, device="cpu")
+    readings = {}
+    for name, gain in (("calibrated", right), ("narrow", 6 * right)):
+        samples = exact_model.sample(kept, 16, gain=gain, seed=4, device="cpu").samples
+        readings[name] = (spread_skill(samples, held_out, 0.5).implied_coverage, rank_coverage(samples, 0.5 * clean, rng))
+    for check, truth in readings.values():
+        assert abs(check - truth) < 0.05, readings
+    assert readings["narrow"][1] < 0.6 < readings["calibrated"][1]
+
+
+def test_the_gain_map_of_the_exact_network_is_its_true_gain_everywhere(exact_model):
+    """Robbins' identity: the network's response to one more photon gives its posterior variance."""
+    _, counts = scene(5, (128, 128))
+    gain_map, gain = exact_model.gain_map(counts, 1.0, at_least=True, device="cpu")  # 1.0: a bound the map exceeds
+    expected = 1 + K / float(counts.mean())
+    assert gain == pytest.approx(expected, rel=0.05)
+    assert float(gain_map.min()) > 0.85 * expected and float(gain_map.max()) < 1.15 * expected
+    # Scaled to a given gain otherwise, with the same (flat) shape.
+    scaled, given = exact_model.gain_map(counts, 10.0, device="cpu")
+    assert given == 10.0 and float(scaled.mean()) == pytest.approx(10.0, rel=0.05)
+
+
+def test_the_gain_map_is_higher_where_the_network_pools_more_photons():
+    counts = torch.poisson(torch.full((1, 1, 96, 96), 3.0), generator=torch.Generator().manual_seed(0))
+
+    def smoother(y):  # 3 x 3 box on the left half, 9 x 9 on the right: posterior variance mu/9 and mu/81
+        narrow = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (1,) * 4, mode="replicate"), 3, stride=1)
+        wide = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (4,) * 4, mode="replicate"), 9, stride=1)
+        return torch.cat([narrow[..., :48], wide[..., 48:]], dim=-1)
+
+    probes = (torch.rand(counts.shape, generator=torch.Generator().manual_seed(1)) < 1 / 16).double()
+    gain_map = tweedie_gain_map(smoother(counts.double()), smoother(counts.double() + probes), probes)
+    left, right = float(gain_map[..., 16:80, 8:36].median()), float(gain_map[..., 16:80, 60:88].median())
+    # The shape is what the map is for (it is scaled to the held-out gain): 81 / 9. Each value reads
+    # about 1.5 times high, the probe's own spread leaking into the 7 x 7 ring it is compared with.
+    assert right / left == pytest.approx(9.0, rel=0.25)
+    assert 9.0 <= left < 2 * 9.0 and 81.0 <= right < 2 * 81.0
+
+
+def test_a_flat_gain_map_is_the_dirichlet_and_a_higher_gain_narrows_its_pixels():
+    generator = torch.Generator().manual_seed(0)
+    thinned = torch.poisson(torch.full((2, 1, 16, 16), 4.0), generator=generator)
+    removed = torch.poisson(torch.full((2, 1, 16, 16), 2.0), generator=generator)
+    logits = torch.randn(2, 1, 16, 16, generator=generator)
+    scalar = dirichlet_predictive(logits, thinned, removed, 5.0)
+    flat = dirichlet_predictive(logits, thinned, removed, torch.full((1, 1, 16, 16), 5.0, dtype=torch.float64))
+    torch.testing.assert_close(flat.probabilities, scalar.probabilities)
+    torch.testing.assert_close(flat.concentration, scalar.concentration, rtol=1e-6, atol=1e-9)  # probabilities are float32
+    varying = torch.full((1, 1, 16, 16), 5.0, dtype=torch.float64)
+    varying[..., 8:] = 50.0
+    relative_variance = 1 / dirichlet_predictive(logits, thinned, removed, varying).concentration
+    assert float(relative_variance[..., 8:].mean()) < 0.5 * float(relative_variance[..., :8].mean())
