@@ -44,7 +44,8 @@ def train(
     preset: Annotated[Optional[str], typer.Option(help="Starting configuration of a new run: default (denoising), generative (sampling and generation: every photon level) or paper (the published one) [default: default].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels.")] = None,
+    patch_size: Annotated[Optional[str], typer.Option(help="Patch side in pixels (Y and X), or D Y X for --dims 3, e.g. 16x64x64 [default: 64; depth 16, or the thinnest stack's].")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="2: the network sees planes; 3: volumes along Z, else T (time-lapses) [default: 2].")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many minutes and save the model as if done.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of images (or rows of a single image) held out for validation.")] = None,
@@ -62,11 +63,17 @@ def train(
 ) -> None:
     """Train a GAP model on noisy photon counts alone (self-supervised)."""
     from photongap.io import find_images
-    from photongap.pipeline import training_planes
+    from photongap.pipeline import training_planes, training_volumes
     from photongap.training import train as run_training
 
-    planes, names = training_planes(find_images(data), axes, camera_from_options(gain, offset, calibration))
-    overrides = dict(steps=steps, batch_size=batch_size, patch_size=patch_size, learning_rate=learning_rate, time_limit_minutes=time_limit,
+    if dims not in (None, 2, 3):
+        raise PhotongapError(f"--dims must be 2 or 3, got {dims}")
+    side, depth = defaults.parse_patch_size(patch_size) if patch_size is not None else (None, None)
+    if depth is not None and dims != 3:
+        raise PhotongapError("--patch-size D Y X is for 3D models: add --dims 3")
+    read = training_volumes if dims == 3 else training_planes
+    planes, names = read(find_images(data), axes, camera_from_options(gain, offset, calibration))
+    overrides = dict(steps=steps, batch_size=batch_size, patch_size=side, patch_depth=depth, learning_rate=learning_rate, time_limit_minutes=time_limit,
                      val_fraction=val_fraction, seed=seed, precision=precision)
     result = run_training(
         planes,
@@ -74,6 +81,7 @@ def train(
         preset=preset,
         config_file=config,
         overrides=overrides,
+        model_overrides=dict(dims=dims),
         resume=resume,
         names=names,
         device=device.value,
