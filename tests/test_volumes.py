@@ -286,3 +286,22 @@ def test_cli_trains_a_3d_model_on_a_tiff_stack_and_denoises_it(tmp_path):
         assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*_out*")) and not (tmp_path / "run2").exists()  # nothing written
+
+
+def test_a_3d_model_samples_and_generates_volumes_and_films_their_projection():
+    from photongap.movie import MovieRecorder
+
+    torch.manual_seed(0)
+    model = GapModel(GapUNet(TINY_3D), TINY_3D)
+    counts = torch.poisson(torch.full((6, 16, 16), 1.0), generator=seeded(5)).numpy()
+    recorder = MovieRecorder()
+    posterior = model.sample(counts, 2, gain=2.0, seed=1, on_step=recorder)
+    assert posterior.samples.shape == (2, 6, 16, 16)
+    np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2, 3)), counts.sum(), rtol=1e-4)  # scaled to the input's photons
+    assert len(recorder) >= 1 and recorder.frames[0].ndim == 2
+    generated = model.generate(1, (4, 8, 8), target_psnr=-5.0, seed=0)
+    assert generated.samples.shape == (1, 1, 4, 8, 8) or generated.samples.shape == (1, 4, 8, 8)
+    with pytest.raises(PhotongapError, match="3D size"):
+        model.generate(1, (8, 8))
+    with pytest.raises(PhotongapError, match="one \\(D, Y, X\\) volume"):
+        model.sample(counts[0], 2)

@@ -271,7 +271,7 @@ class GapModel:
         generator = torch.Generator(device=device).manual_seed(seed)
         image = torch.from_numpy(counts).to(device)[None, None].expand(repeats, 1, *counts.shape).contiguous()
         split = split_counts(image, torch.full((repeats,), fraction, device=device), generator)
-        estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
+        estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().flatten(1).sum(dim=1))
         gain = float(network_gain(estimate, split.input_counts, split.target_counts, fraction, error_floor_sd=GAIN_ERROR_FLOOR_SD))
         if not (math.isfinite(gain) and gain > 0):
             raise PhotongapError(f"cannot estimate the posterior gain of an image without photons ({total:g}); pass gain=")
@@ -311,7 +311,7 @@ class GapModel:
         Parameters
         ----------
         counts : np.ndarray
-            ``(Y, X)`` photon counts.
+            ``(Y, X)`` photon counts (``(D, Y, X)`` for a 3D model: one volume, one softmax).
         n : int
             Number of samples.
         target_psnr, target_photons
@@ -343,8 +343,10 @@ class GapModel:
         >>> posterior.mean, posterior.std  # MMSE-like estimate and uncertainty map  # doctest: +SKIP
         """
         counts = np.asarray(counts, dtype=np.float32)
-        if counts.ndim != 2:
-            raise PhotongapError(f"sample takes one 2D image, got shape {counts.shape}; sample stacks plane by plane")
+        if counts.ndim != self.config.dims:
+            kind, unit = ("2D image", "plane") if self.config.dims == 2 else ("(D, Y, X) volume (a 3D model)", "volume")
+            raise PhotongapError(f"sample takes one {kind}, got shape {counts.shape}; stacks are sampled one {unit} at a time")
+        self.check_shape(counts.shape)
         if n < 1:
             raise PhotongapError("the number of samples must be at least 1")
         total = float(counts.sum(dtype=np.float64))
@@ -405,9 +407,9 @@ class GapModel:
         (``preset("generative")``) generates best: it has seen nearly empty inputs. The
         published schedule is the default here: faster ones were not measured for generation.
         """
-        if n < 1 or len(shape) != 2 or min(shape) < 1:
-            raise PhotongapError(f"generate needs n >= 1 and a 2D size, got n={n}, size={tuple(shape)}")
-        self._warn_outside(10 * math.log10(1.0 / (shape[0] * shape[1])), target_psnr, GENERATION_TOLERANCE_DB, "generation")
+        if n < 1 or len(shape) != self.config.dims or min(shape) < 1:
+            raise PhotongapError(f"generate needs n >= 1 and a {self.config.dims}D size (the model's), got n={n}, size={tuple(shape)}")
+        self._warn_outside(10 * math.log10(1.0 / math.prod(shape)), target_psnr, GENERATION_TOLERANCE_DB, "generation")
         device = resolve_device(device)
         result = generate(
             self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),

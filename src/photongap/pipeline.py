@@ -241,10 +241,10 @@ def sample_file(
     mean = np.empty(shape, dtype=np.float32)
     std = np.empty(shape, dtype=np.float32)
     calls = 0
-    for index, plane in iter_planes(image):
+    for index, plane in _units(model, image):
         if on_plane is not None:
             on_plane(index)
-        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, _plane_name(image, index))[:, :], n, **sample_options)
+        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, _plane_name(image, index))[(slice(None),) * plane.ndim], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
     samples, mean = camera.output(samples, output_units), camera.output(mean, output_units)

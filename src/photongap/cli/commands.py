@@ -232,6 +232,7 @@ def generate(
     model: Annotated[Path, typer.Argument(help="model.pt (best trained with --preset generative: every photon level).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
     size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
+    depth: Annotated[int, typer.Option(help="Planes of each generated volume (3D models only).")] = 16,
     n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,
     target_psnr: TargetPsnrOption = schedules.DEFAULT_TARGET_PSNR,
     beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = schedules.PUBLISHED_SCHEDULE.beta,
@@ -255,10 +256,12 @@ def generate(
     network = load(model)
     recorder = MovieRecorder() if movie else None
     with sampling_progress("generating", target_psnr, recorder) as on_step:
+        shape = (depth, *size) if network.config.dims == 3 else size
         result = network.generate(
-            n, size, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
+            n, shape, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
         )
-    path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
+    axes = "TZYX" if network.config.dims == 3 else "TYX"
+    path = write_image(target, result.samples, axes, description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
         recorder.save(movie)
     console.print(f"[green]generated[/] {n} images ({result.network_calls} network calls each) -> {path}")
