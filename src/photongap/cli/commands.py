@@ -114,7 +114,7 @@ def denoise(
 ) -> None:
     """MMSE-denoise images. Output: float32 TIFF (or .npy/.zarr) of the same shape and axes as each
     input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
-    or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
+    or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane, or as volumes by a 3D model (--dims 3)."""
     from photongap.io import check_new_outputs, find_images, output_paths
     from photongap.model import load
     from photongap.pipeline import DenoiseJob, denoise_file, denoise_files, read_images, total_tiles
