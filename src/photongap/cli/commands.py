@@ -68,6 +68,10 @@ def train(
 
     if dims not in (None, 2, 3):
         raise PhotongapError(f"--dims must be 2 or 3, got {dims}")
+    if resume and dims is None:
+        from photongap.training.run import stored_dims
+
+        dims = stored_dims(out)  # a resumed 3D run reads its stacks as volumes again
     side, depth = defaults.parse_patch_size(patch_size) if patch_size is not None else (None, None)
     if depth is not None and dims != 3:
         raise PhotongapError("--patch-size D Y X is for 3D models: add --dims 3")

@@ -170,6 +170,12 @@ def run_config(
     return RunConfig(model, training, "custom" if given else name)
 
 
+def stored_dims(run_dir: str | Path) -> int | None:
+    """The ``dims`` of the run stored in ``run_dir/config.yaml`` (None without one): how a resumed run reads its data."""
+    stored = Path(run_dir) / "config.yaml"
+    return load_yaml(stored)[0].dims if stored.exists() else None
+
+
 def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.ndarray]) -> tuple[ModelConfig, TrainConfig]:
     """A 3D run's patch depth and depth poolings, where the configuration leaves them open.
 
