@@ -181,11 +181,12 @@ class Camera:
 
 
 class CountsView:
-    """A ``(Y, X)`` plane read as float32 photon counts, block by block, checked as it is read."""
+    """A ``(Y, X)`` plane (or ``(D, Y, X)`` volume) read as float32 photon counts, block by block, checked as it is read."""
 
     def __init__(self, plane: Any, camera: Camera, name: str) -> None:
         self.plane, self.camera, self.name = plane, camera, name
-        self.shape, self.ndim, self.dtype = tuple(plane.shape), 2, np.dtype(np.float32)
+        self.shape, self.dtype = tuple(plane.shape), np.dtype(np.float32)
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return self.camera.to_counts(self.plane[key], self.name)

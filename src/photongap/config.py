@@ -23,6 +23,12 @@ SplitMode = Literal["absolute", "relative"]
 Encoding = Literal["sine", "tanh"]
 Block = Literal["photongap", "published"]
 Init = Literal["torch", "xavier"]
+Dims = Literal[2, 3]
+
+MIN_POOLED_DEPTH = 8
+"""A 3D network halves its third axis at a level only while that axis is at least this long there."""
+DEFAULT_PATCH_DEPTH = 16
+"""Planes (or frames) of a 3D training patch unless given; fewer if the stacks are thinner."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -115,6 +121,15 @@ class ModelConfig:
     init : {"torch", "xavier"}
         Initial weights: torch's defaults, or the published Xavier-normal weights with zero
         biases for every convolution (transposed convolutions keep torch's default).
+    dims : {2, 3}
+        2: the network sees one ``(Y, X)`` plane. 3: a ``(D, Y, X)`` volume, ``D`` the stack's
+        third axis (Z, or T for a time-lapse); every convolution is then 3x3x3.
+    depth_pools : int or None
+        3D only: how many of the ``depth - 1`` poolings also halve ``D`` (the first ones; the
+        others pool Y and X alone, so a thin or coarse axis is not pooled away). None: decided
+        by training from its patch depth (:func:`depth_pools_for`): ``D`` is halved at a level
+        while it is at least ``MIN_POOLED_DEPTH`` planes there (16 planes: 2 poolings, 5: none).
+        Set 0 for an axis much coarser than Y and X.
     """
 
     depth: int = 4
@@ -125,9 +140,12 @@ class ModelConfig:
     log_channel: bool = True
     block: Block = "photongap"
     init: Init = "torch"
+    dims: Dims = 2
+    depth_pools: int | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
+        _check(self.depth_pools is None or 0 <= self.depth_pools <= self.depth - 1, "model.depth_pools must be between 0 and depth - 1")
         _check(self.depth >= 1, "model.depth must be at least 1")
         _check(self.start_filters >= 1, "model.start_filters must be at least 1")
         _check(self.encoding_levels >= 1, "model.encoding_levels must be at least 1")
@@ -141,8 +159,35 @@ class ModelConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (the tiling module pads to it)."""
+        """Image sides (Y and X) must be multiples of this (the tiling module pads to it)."""
         return 2 ** (self.depth - 1)
+
+    @property
+    def pools_depth(self) -> list[bool]:
+        """Whether each of the ``depth - 1`` poolings halves the third axis (3D only; empty in 2D)."""
+        if self.dims == 2:
+            return []
+        pools = depth_pools_for(DEFAULT_PATCH_DEPTH, self.depth) if self.depth_pools is None else self.depth_pools
+        return [level < pools for level in range(self.depth - 1)]
+
+    @property
+    def size_multiples(self) -> tuple[int, ...]:
+        """Multiples per spatial axis: ``(Y, X)``, or ``(D, Y, X)`` in 3D."""
+        if self.dims == 2:
+            return (self.size_multiple,) * 2
+        return (2 ** sum(self.pools_depth), self.size_multiple, self.size_multiple)
+
+
+def depth_pools_for(patch_depth: int, depth: int) -> int:
+    """Poolings that halve a 3D patch of ``patch_depth`` planes: while at least ``MIN_POOLED_DEPTH`` planes remain to halve.
+
+    >>> depth_pools_for(16, 4), depth_pools_for(5, 4), depth_pools_for(64, 4)
+    (2, 0, 3)
+    """
+    pools = 0
+    while pools < depth - 1 and patch_depth / 2**pools >= MIN_POOLED_DEPTH:
+        pools += 1
+    return pools
 
 
 @dataclass(frozen=True)
@@ -155,6 +200,9 @@ class TrainConfig:
         Optimiser steps (``time_limit_minutes`` may stop earlier).
     batch_size, patch_size : int
         Random crops per step and their side in pixels.
+    patch_depth : int or None
+        Planes (or frames) of a 3D crop; None: ``DEFAULT_PATCH_DEPTH``, or the thinnest
+        stack's depth if that is less. Unused in 2D.
     learning_rate : float
         Peak Adam learning rate.
     schedule : {"constant", "cosine"}
@@ -193,6 +241,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16
     patch_size: int = 64
+    patch_depth: int | None = None
     learning_rate: float = 1e-3
     schedule: Schedule = "cosine"
     split_mode: SplitMode = "relative"
@@ -210,6 +259,7 @@ class TrainConfig:
         _check(self.steps >= 1, "training.steps must be at least 1")
         _check(self.batch_size >= 1, "training.batch_size must be at least 1")
         _check(self.patch_size >= 8, "training.patch_size must be at least 8")
+        _check(self.patch_depth is None or self.patch_depth >= 1, "training.patch_depth must be at least 1")
         _check(self.learning_rate > 0, "training.learning_rate must be positive")
         _check(self.split_min_psnr <= self.split_max_psnr, "training.split_min_psnr must not exceed split_max_psnr")
         _check(0.0 <= self.val_fraction < 1.0, "training.val_fraction must be in [0, 1)")
@@ -251,10 +301,36 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
 
 DEFAULT_TILE = 512
 """Tile side for denoising: with the default network's 80 px of context a side, 512 px tiles keep 352 px cores."""
+DEFAULT_TILE_DEPTH = None
+"""Planes per window of a 3D model along D: None, the whole depth (a D margin of context is already
+60 planes for the default network: tiling D pays only for deeper stacks, and costs memory)."""
+MAX_TILE_VOXELS = 64 * 320 * 320
+"""A 3D model's windows hold at most this many voxels: its Y X tile shrinks to fit (not below four
+margins of context). One such window peaked at 1.8 GB with the default network (fp32, CPU)."""
 DEFAULT_OVERLAP = 0
 """Extra context shared by neighbouring tiles beyond what the network's receptive field needs."""
 DEFAULT_SAMPLE_TILE = 1024
 """Images larger than this are sampled tile by tile (logits stitched before each softmax)."""
+
+
+def parse_patch_size(text: str) -> tuple[int, int | None]:
+    """``(patch_size, patch_depth)`` of a patch size given as ``"64"`` (Y and X) or ``"16 64 64"``, ``"16x64x64"`` or ``"16,64,64"`` (D Y X).
+
+    >>> parse_patch_size("64"), parse_patch_size("16x64x64")
+    ((64, None), (64, 16))
+    """
+    parts = text.replace("x", " ").replace(",", " ").split()
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        return numbers[0], None
+    if len(numbers) == 3 and numbers[1] == numbers[2]:
+        return numbers[1], numbers[0]
+    if len(numbers) == 3:
+        raise PhotongapError(f"--patch-size {text!r}: Y and X must be equal (patches are turned by quarter turns)")
+    raise PhotongapError(f"--patch-size {text!r}: give one whole number (Y and X) or three (D Y X, e.g. 16x64x64)")
 
 
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, ModelConfig, Precision
+from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, MAX_TILE_VOXELS, ModelConfig, Precision
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model
-from photongap.network import receptive_radius
+from photongap.network import receptive_radii, receptive_radius
 from photongap.physics import gain_at_level, mmse_from_logits, network_gain, split_counts, thin_to_level, tweedie_gain_map
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
@@ -94,6 +94,31 @@ class GapModel:
         """Input pixels on each side that can change one output pixel (:func:`photongap.network.receptive_radius`)."""
         return receptive_radius(self.network)
 
+    @functools.cached_property
+    def contexts(self) -> tuple[int, ...]:
+        """:attr:`context` per spatial axis: ``(Y, X)``, or ``(D, Y, X)`` for a 3D model."""
+        return receptive_radii(self.network)
+
+    @property
+    def min_depth(self) -> int:
+        """Planes a volume needs for a 3D model: its training patches' depth (what it learnt from)."""
+        return int((self.info.get("training") or {}).get("patch_depth") or self.config.size_multiples[0])
+
+    def check_shape(self, shape: tuple[int, ...], axes: str | None = None, name: str = "image") -> None:
+        """Refuse what this model cannot denoise, in one line: a 3D model takes ``(..., D, Y, X)`` volumes of at least :attr:`min_depth` planes.
+
+        ``axes`` (e.g. ``"CYX"``), where known, names the axis that is missing.
+        """
+        if len(shape) < 2 or min(shape) == 0:
+            raise PhotongapError(f"{name}: cannot denoise an array of shape {shape}")
+        if self.config.dims == 2:
+            return
+        if len(shape) < 3 or (axes is not None and not any(letter in axes for letter in "ZT")):
+            has = f"axes {axes}" if axes is not None else f"shape {shape}"
+            raise PhotongapError(f"{name}: a 3D model denoises volumes (a Z or T axis), got {has}; use a 2D model, or --axes to say which axis is Z or T")
+        if shape[-3] < self.min_depth:
+            raise PhotongapError(f"{name}: a stack of {shape[-3]} planes is thinner than this 3D model's patch depth ({self.min_depth}); use a 2D model or train with a smaller depth")
+
     def logits_fn(self, device: str | torch.device = "auto", precision: Precision = "auto") -> LogitsFn:
         """The network as a function ``counts (B,1,Y,X) -> logits`` (see :func:`photongap.runtime.logits_fn`)."""
         return logits_fn(self.network, device, precision)
@@ -152,18 +177,24 @@ class GapModel:
         precision: Precision = "auto",
         out: Any | None = None,
         progress: Callable[[int], None] | None = None,
+        tile_depth: int | None = DEFAULT_TILE_DEPTH,
     ) -> Any:
-        """MMSE denoising: ``softmax(net(counts)) * sum(counts)``, plane by plane.
+        """MMSE denoising: ``softmax(net(counts)) * sum(counts)``, plane by plane, or volume by volume for a 3D model.
 
         Parameters
         ----------
         counts : array-like
             ``(..., Y, X)`` photon counts (numpy, memory-mapped or Zarr); each trailing
-            ``(Y, X)`` plane is one image with its own softmax.
+            ``(Y, X)`` plane is one image with its own softmax. For a 3D model (``dims=3``)
+            each trailing ``(D, Y, X)`` volume is one image (``D``: planes or frames).
         tile, overlap : int
-            Tiles of ``tile`` px (None: one pass). Each core keeps the network's receptive
-            field of context (:attr:`context`), and at least ``overlap // 2`` px, so tiled
-            and untiled results agree; a tile too small for that is enlarged.
+            Tiles of ``tile`` px in Y and X (None: one pass). Each core keeps the network's
+            receptive field of context (:attr:`contexts`, per axis), and at least
+            ``overlap // 2`` px, so tiled and untiled results agree; a tile too small for
+            that is enlarged.
+        tile_depth : int or None
+            3D only: windows of this many planes along ``D`` (enlarged to four margins of
+            context like ``tile``; None: the whole depth in each window).
         batch_size : int, optional
             Tiles per network call (default: 1 on a CPU, 4 on a GPU).
         out : array-like, optional
@@ -177,16 +208,16 @@ class GapModel:
             float32 of the same shape, in the photon units of ``counts``.
         """
         shape = tuple(counts.shape)
-        if len(shape) < 2 or min(shape) == 0:
-            raise PhotongapError(f"cannot denoise an array of shape {shape}")
+        self.check_shape(shape)
         out = np.empty(shape, dtype=np.float32) if out is None else out
         device = resolve_device(device)
+        spatial = self.config.dims
         options = dict(
-            tile=tile, overlap=overlap, multiple=self.config.size_multiple, context=self.context,
+            tile=self._tiles(tile, tile_depth, shape[-3] if spatial == 3 else 0), overlap=overlap, multiple=self.config.size_multiples, context=self.contexts,
             batch_size=batch_size_for(device, batch_size, on_gpu=4), progress=progress,
         )
         network = self.logits_fn(device, precision)
-        for index in np.ndindex(*shape[:-2]):
+        for index in np.ndindex(*shape[:-spatial]):
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
             target = out[index] if isinstance(out, np.ndarray) else None
             result = denoise_plane(network, plane, out=target, **options)
@@ -194,9 +225,22 @@ class GapModel:
                 out[index] = result
         return out
 
+    def _tiles(self, tile: int | None, tile_depth: int | None, depth: int) -> Any:
+        """The tile of :func:`photongap.tiling.plan_tiles`: ``tile`` in Y and X, ``tile_depth`` (or the whole ``depth``) in D.
+
+        A 3D window holds at most ``MAX_TILE_VOXELS``: the Y X side shrinks to fit (plan_tiles
+        then enlarges it to four margins of context if it must), so memory stays bounded.
+        """
+        if self.config.dims == 2 or tile is None:
+            return tile
+        side = min(tile, int(math.sqrt(MAX_TILE_VOXELS / max(1, min(depth, tile_depth or depth)))))
+        return (tile_depth, side, side)
+
     def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
         batch_size = batch_size_for(device, batch_size, on_gpu=16)
-        return image_logits_fn(self.logits_fn(device, precision), shape, tile=tile, multiple=self.config.size_multiple, context=self.context, batch_size=batch_size)
+        return image_logits_fn(
+            self.logits_fn(device, precision), shape, tile=self._tiles(tile, None, shape[0] if len(shape) == 3 else 0), multiple=self.config.size_multiples, context=self.contexts, batch_size=batch_size
+        )
 
     def estimate_gain(
         self,
@@ -243,7 +287,7 @@ class GapModel:
         gains, resolved = [], True
         for fraction in fractions:
             split = split_counts(image, torch.full((repeats,), fraction * level, device=device), generator)
-            estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().sum(dim=(1, 2, 3)))
+            estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().flatten(1).sum(dim=1))
             arguments = (estimate, split.input_counts, split.target_counts, fraction * level)
             gains.append(float(network_gain(*arguments, error_floor_sd=GAIN_ERROR_FLOOR_SD)))
             resolved &= bool(network_gain(*arguments) == gains[-1])
@@ -286,7 +330,7 @@ class GapModel:
             image = thin_to_level(image, 10 ** (trained[1] / 10), generator).thinned
         probes = (torch.rand(image.shape, generator=generator, device=device) < GAIN_PROBE_DENSITY).float()
         both = torch.cat([image, image + probes])
-        mean = mmse_from_logits(logits(both), both.double().sum(dim=(1, 2, 3))).double()
+        mean = mmse_from_logits(logits(both), both.double().flatten(1).sum(dim=1)).double()
         shape = tweedie_gain_map(mean[:1], mean[1:], probes)
         own = float(image.double().sum()) / float((mean[:1] / shape).sum())
         used = max(gain, own) if at_least else gain
@@ -326,7 +370,7 @@ class GapModel:
         Parameters
         ----------
         counts : np.ndarray
-            ``(Y, X)`` photon counts.
+            ``(Y, X)`` photon counts (``(D, Y, X)`` for a 3D model: one volume, one softmax).
         n : int
             Number of samples.
         target_psnr, target_photons
@@ -360,8 +404,10 @@ class GapModel:
         >>> posterior.mean, posterior.std  # MMSE-like estimate and uncertainty map  # doctest: +SKIP
         """
         counts = np.asarray(counts, dtype=np.float32)
-        if counts.ndim != 2:
-            raise PhotongapError(f"sample takes one 2D image, got shape {counts.shape}; sample stacks plane by plane")
+        if counts.ndim != self.config.dims:
+            kind, unit = ("2D image", "plane") if self.config.dims == 2 else ("(D, Y, X) volume (a 3D model)", "volume")
+            raise PhotongapError(f"sample takes one {kind}, got shape {counts.shape}; stacks are sampled one {unit} at a time")
+        self.check_shape(counts.shape)
         if n < 1:
             raise PhotongapError("the number of samples must be at least 1")
         total = float(counts.sum(dtype=np.float64))
@@ -424,9 +470,9 @@ class GapModel:
         (``preset("generative")``) generates best: it has seen nearly empty inputs. The
         published schedule is the default here: faster ones were not measured for generation.
         """
-        if n < 1 or len(shape) != 2 or min(shape) < 1:
-            raise PhotongapError(f"generate needs n >= 1 and a 2D size, got n={n}, size={tuple(shape)}")
-        self._warn_outside(10 * math.log10(1.0 / (shape[0] * shape[1])), target_psnr, GENERATION_TOLERANCE_DB, "generation")
+        if n < 1 or len(shape) != self.config.dims or min(shape) < 1:
+            raise PhotongapError(f"generate needs n >= 1 and a {self.config.dims}D size (the model's), got n={n}, size={tuple(shape)}")
+        self._warn_outside(10 * math.log10(1.0 / math.prod(shape)), target_psnr, GENERATION_TOLERANCE_DB, "generation")
         device = resolve_device(device)
         result = generate(
             self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),
@@ -440,9 +486,10 @@ class GapModel:
         )
         return PosteriorSamples.from_result(result)
 
-    def tiles_per_plane(self, shape: tuple[int, int], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> int:
-        """How many tiles :meth:`denoise` cuts a plane into (for progress bars)."""
-        return len(plan_tiles(shape, tile, overlap, self.config.size_multiple, self.context))
+    def tiles_per_plane(self, shape: tuple[int, ...], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                        tile_depth: int | None = DEFAULT_TILE_DEPTH) -> int:
+        """How many tiles :meth:`denoise` cuts a plane (a ``(D, Y, X)`` volume for a 3D model) into (for progress bars)."""
+        return len(plan_tiles(tuple(shape), self._tiles(tile, tile_depth, shape[0] if len(shape) == 3 else 0), overlap, self.config.size_multiples, self.contexts))
 
 
 def load(path: str | Path) -> GapModel:

@@ -30,7 +30,8 @@ class MovieRecorder:
     Each frame shows, side by side, the accumulated photons (``(counts / high) ** gamma``,
     so that single photons stay visible next to bright pixels) and the prediction the
     step drew its photons from (``softmax(logits)``, stretched between low and high
-    percentiles), with the step and the photons per pixel written below. Each frame is
+    percentiles), with the step and the photons per pixel written below. A volume (a 3D
+    model's) is shown as the maximum projection of both along its third axis. Each frame is
     scaled on its own. Frames are resized to about ``size`` pixels high (nearest
     neighbour up, block mean down) and stored as uint8 grey.
 
@@ -113,6 +114,8 @@ class MovieRecorder:
         counts = state.counts[self.sample, 0].detach().float().cpu().numpy()
         logits = state.logits[row, 0].detach().float().cpu()
         prediction = mmse_from_logits(logits[None], torch.ones(1))[0].numpy()
+        if counts.ndim == 3:  # a volume (3D model): the maximum projection along D of both
+            counts, prediction = counts.max(axis=0), prediction.max(axis=0)
         level = float(state.photons_per_pixel[self.sample])
         self._frames.append(self._render(counts, prediction, f"step {state.step}   {level:.3g} photons/px"))
         self._steps.append(state.step)

@@ -1,7 +1,8 @@
 """The network: photon counts in, logits of where the next photon lands out.
 
-A plain U-Net on a multi-scale encoding of the counts. No loss, optimiser or
-training code lives here.
+A plain U-Net on a multi-scale encoding of the counts, on ``(Y, X)`` planes or, built with
+``dims=3``, on ``(D, Y, X)`` volumes (the same module with 3D convolutions). No loss,
+optimiser or training code lives here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class CountEncoding(nn.Module):
     photons (one standard deviation of the noise at 100 photons) changes no channel by more
     than 0.04, at 100 or at 3500 photons. The logits the network must output there are close
     to ``log(x)`` itself. ``log_channel`` appends ``log1p(x)``, which moves by 0.095 for 10%
-    at any brightness. Maps ``(B, 1, Y, X)`` to ``(B, channels, Y, X)``.
+    at any brightness. Maps ``(B, 1, *S)`` to ``(B, channels, *S)`` for spatial axes ``S``.
     """
 
     scales: torch.Tensor
@@ -40,43 +41,54 @@ class CountEncoding(nn.Module):
         self.function = {"sine": torch.sin, "tanh": torch.tanh}[kind]
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        encoded = self.function(counts * self.scales.reshape(1, -1, 1, 1))
+        encoded = self.function(counts * self.scales.reshape(1, -1, *([1] * (counts.dim() - 2))))
         return torch.cat([encoded, torch.log1p(counts)], dim=1) if self.log_channel else encoded
 
 
+CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
 class ResidualBlock(nn.Module):
-    """Three 3x3 convolutions with a residual connection.
+    """Three 3x3 (3x3x3 for ``dims=3``) convolutions with a residual connection.
 
     ``photongap``: ``relu(conv3(relu(conv2(relu(conv1 x)))) + skip(x))``, ``skip`` a 1x1
     projection where the widths differ. ``published``: the residual starts after the first
     convolution, which has no activation: ``s = conv1(x)``, ``relu(conv3(relu(conv2 s)) + s)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kind: str = "photongap") -> None:
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "photongap", dims: int = 2) -> None:
         super().__init__()
         self.published = kind == "published"
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Identity() if in_channels == out_channels or self.published else nn.Conv2d(in_channels, out_channels, 1)
+        conv = CONVOLUTIONS[dims]
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
+        self.conv3 = conv(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Identity() if in_channels == out_channels or self.published else conv(in_channels, out_channels, 1)
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.published:
             s = self.conv1(x)
-            return self.activation(self.conv3(self.activation(self.conv2(s))) + s)
+            out = self.conv3(self.activation(self.conv2(s)))
+            out += s
+            return self.activation(out)
         h = self.activation(self.conv1(x))
         h = self.activation(self.conv2(h))
-        return self.activation(self.conv3(h) + self.skip(x))
+        # In place (the same sums): one full-resolution tensor less at the peak of a 3D tile.
+        out = self.conv3(h)
+        out += self.skip(x)
+        return self.activation(out)
 
 
 class GapUNet(nn.Module):
-    """U-Net mapping photon counts ``(B, 1, Y, X)`` to logits ``(B, 1, Y, X)``.
+    """U-Net mapping photon counts ``(B, 1, Y, X)`` to logits ``(B, 1, Y, X)``, or ``(B, 1, D, Y, X)`` in 3D.
 
     Max-pool down, transposed convolution up, additive skip connections, a 1x1 output
     convolution. ``Y`` and ``X`` must be multiples of ``config.size_multiple``
-    (``2**(depth-1)``); the tiling module pads for you. The output convolution runs in
-    float32 even under autocast, so logits keep full precision for the softmax.
+    (``2**(depth-1)``), ``D`` of ``config.size_multiples[0]``; the tiling module pads for you.
+    In 3D the poolings that ``config.pools_depth`` marks halve ``D`` too, the others pool
+    ``(1, 2, 2)`` (and their transposed convolutions undo just that). The output convolution
+    runs in float32 even under autocast, so logits keep full precision for the softmax.
 
     Examples
     --------
@@ -88,20 +100,23 @@ class GapUNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        widths = config.widths
+        widths, dims = config.widths, config.dims
         self.encoding = CountEncoding(config.encoding_levels, config.encoding, config.log_channel)
         self.down = nn.ModuleList()
         in_channels = self.encoding.channels
         for width in widths:
-            self.down.append(ResidualBlock(in_channels, width, config.block))
+            self.down.append(ResidualBlock(in_channels, width, config.block, dims))
             in_channels = width
-        self.pool = nn.MaxPool2d(2)
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(len(widths) - 1))
-        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i], config.block) for i in range(len(widths) - 1))
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        # One window per pooling: 2 on each axis, or (1, 2, 2) where a 3D network keeps D.
+        windows = [2] * (len(widths) - 1) if dims == 2 else [(2 if halve else 1, 2, 2) for halve in config.pools_depth]
+        pool, transposed = (nn.MaxPool2d, nn.ConvTranspose2d) if dims == 2 else (nn.MaxPool3d, nn.ConvTranspose3d)
+        self.pools = nn.ModuleList(pool(window) for window in windows)
+        self.upsample = nn.ModuleList(transposed(widths[i + 1], widths[i], windows[i], stride=windows[i]) for i in range(len(widths) - 1))
+        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i], config.block, dims) for i in range(len(widths) - 1))
+        self.head = CONVOLUTIONS[dims](widths[0], 1, 1)
         if config.init == "xavier":
             for conv in self.modules():
-                if isinstance(conv, nn.Conv2d):
+                if isinstance(conv, (nn.Conv2d, nn.Conv3d)):
                     nn.init.xavier_normal_(conv.weight)
                     nn.init.zeros_(conv.bias)
 
@@ -110,43 +125,74 @@ class GapUNet(nn.Module):
         skips = []
         for level, block in enumerate(self.down):
             if level > 0:
-                x = self.pool(x)
+                x = self.pools[level - 1](x)
             x = block(x)
             skips.append(x)
         skips.pop()
         for level in reversed(range(len(self.up))):
-            x = self.up[level](self.upsample[level](x) + skips[level])
+            x = self.upsample[level](x)
+            x += skips.pop()  # in place, and the skip released: less memory at full resolution
+            x = self.up[level](x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.head(x.float())
 
 
-def receptive_radius(network: GapUNet) -> int:
-    """How many input pixels on each side of a pixel can change its logit, read off the modules.
+def channels_last(dims: int) -> torch.memory_format:
+    """The channels-last memory format for a network of ``dims`` spatial axes (oneDNN's fast layout)."""
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
 
-    Walks the network's path from the input down to the deepest level and back up: each
-    convolution widens the field by ``kernel // 2 * dilation`` of its level's pixels, each
-    pooling or transposed convolution by ``kernel - 1`` pixels of the finer level (its window
-    is not centred on the pixel). The residual blocks' 1x1 projections and the skip
-    connections see less than the main path, so they add nothing. A tile needs this much
-    context on each side for its core to match an untiled pass exactly.
+
+def receptive_radius(network: GapUNet) -> int:
+    """How many input pixels on each side of a pixel can change its logit in Y and X (see :func:`receptive_radii`).
 
     Examples
     --------
     >>> receptive_radius(GapUNet(ModelConfig(depth=1, start_filters=4)))  # three 3x3 convolutions
     3
     """
+    return receptive_radii(network)[-1]
 
-    def widening(block: nn.Module) -> int:
-        return sum(conv.kernel_size[0] // 2 * conv.dilation[0] for conv in block.modules() if isinstance(conv, nn.Conv2d))
 
-    radius, jump = 0, 1
-    for level, block in enumerate(network.down):
-        if level > 0:
-            radius += (network.pool.kernel_size - 1) * jump
-            jump *= network.pool.stride
-        radius += widening(block) * jump
-    for level in reversed(range(len(network.up))):
-        upsample = network.upsample[level]
-        jump //= upsample.stride[0]
-        radius += (upsample.kernel_size[0] - 1) * jump + widening(network.up[level]) * jump
-    return radius
+def receptive_radii(network: GapUNet) -> tuple[int, ...]:
+    """Per spatial axis (``(Y, X)``, or ``(D, Y, X)`` in 3D), how many input pixels on each side of a pixel can change its logit.
+
+    Walks the network's path from the input down to the deepest level and back up: each
+    convolution widens the field by ``kernel // 2 * dilation`` of its level's pixels, each
+    pooling or transposed convolution by ``kernel - 1`` pixels of the finer level (its window
+    is not centred on the pixel). The residual blocks' 1x1 projections and the skip
+    connections see less than the main path, so they add nothing. A tile needs this much
+    context on each side for its core to match an untiled pass exactly. Each axis is walked
+    on its own: a 3D network that does not pool ``D`` at a level widens ``D`` by that level's
+    convolutions only.
+
+    Examples
+    --------
+    >>> receptive_radii(GapUNet(ModelConfig(depth=2, start_filters=4, dims=3, depth_pools=0)))
+    (9, 14, 14)
+    """
+    dims = network.config.dims
+
+    def per_axis(value: int | tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(value) if isinstance(value, tuple) else (value,) * dims
+
+    def widening(block: nn.Module, axis: int) -> int:
+        return sum(
+            per_axis(conv.kernel_size)[axis] // 2 * per_axis(conv.dilation)[axis]
+            for conv in block.modules() if isinstance(conv, (nn.Conv2d, nn.Conv3d))
+        )
+
+    radii = []
+    for axis in range(dims):
+        radius, jump = 0, 1
+        for level, block in enumerate(network.down):
+            if level > 0:
+                pool = network.pools[level - 1]
+                radius += (per_axis(pool.kernel_size)[axis] - 1) * jump
+                jump *= per_axis(pool.stride)[axis]
+            radius += widening(block, axis) * jump
+        for level in reversed(range(len(network.up))):
+            upsample = network.upsample[level]
+            jump //= upsample.stride[axis]
+            radius += (upsample.kernel_size[axis] - 1) * jump + widening(network.up[level], axis) * jump
+        radii.append(radius)
+    return tuple(radii)

@@ -1,8 +1,9 @@
 """The physics of photon counts as small pure functions.
 
 Tensors (and a ``torch.Generator`` where randomness is involved) in, tensors out.
-Images are ``(B, C, Y, X)`` float tensors holding photon counts; every per-image
-quantity reduces over the last two axes.
+Images are ``(B, C, Y, X)`` float tensors holding photon counts, or ``(B, C, D, Y, X)``
+volumes: every function works on any number of spatial axes, and every per-image quantity
+reduces over all the axes after the channel axis (a volume is one image, with one softmax).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ MAX_SPLIT_FRACTION = 0.99
 
 
 def photons_per_pixel(counts: torch.Tensor) -> torch.Tensor:
-    """Mean photon count per pixel of each image, shape ``counts.shape[:-2]``."""
-    return counts.mean(dim=(-2, -1))
+    """Mean photon count per pixel (voxel) of each image, shape ``(B, C)`` (``counts.shape[:-2]`` below 4 axes)."""
+    spatial = tuple(range(2, counts.dim())) if counts.dim() >= 4 else (-2, -1)
+    return counts.mean(dim=spatial)
 
 
 def pseudo_psnr(counts: torch.Tensor) -> torch.Tensor:

@@ -16,15 +16,18 @@ import numpy as np
 
 from photongap.errors import PhotongapError
 from photongap.camera import Camera, CountsView
-from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, read_image, write_image
+from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, iter_volumes, read_image, volume_axis, write_image
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from photongap.model import GapModel
 from photongap.sampling import PosteriorSamples
-from photongap.tiling import row_blocks
+from photongap.tiling import image_blocks
 
 
-def plane_name(image: Image, index: tuple[int, ...]) -> str:
-    """How messages name one plane of an image: its path, and the plane's index in a stack."""
+def plane_name(image: Image, index: tuple[Any, ...]) -> str:
+    """How messages name one plane (or volume) of an image: its path, and the index in a stack."""
+    if any(isinstance(part, slice) for part in index):  # a volume's key: its other axes
+        others = tuple(part for part in index if not isinstance(part, slice))
+        return f"{image.path}" + (f" (volume {others})" if others else "")
     return f"{image.path}" + (f" (plane {index})" if index else "")
 
 
@@ -47,8 +50,32 @@ def training_planes(paths: Sequence[Path], axes: str | None, camera: Camera) -> 
     return planes, names
 
 
+def training_volumes(paths: Sequence[Path], axes: str | None, camera: Camera) -> tuple[list[np.ndarray], list[str]]:
+    """Every ``(D, Y, X)`` volume of the inputs (``D``: Z, else T) as in-memory float32 counts, for a 3D model."""
+    volumes, names = [], []
+    for image in read_images(paths, axes, camera):
+        if volume_axis(image.axes) is None:
+            raise PhotongapError(f"{image.path}: a 3D model trains on stacks with a Z or T axis, got axes {image.axes}; use --axes, or --dims 2")
+        for key, volume in iter_volumes(image):
+            name = plane_name(image, key)
+            volumes.append(CountsView(volume, camera, name)[:, :, :])
+            names.append(name)
+    return volumes, names
+
+
+def _units(model: GapModel, image: Image) -> list[tuple[tuple[Any, ...], Any]]:
+    """What :meth:`GapModel.denoise` takes one at a time: the planes, or for a 3D model the volumes (checked first)."""
+    if model.config.dims == 2:
+        return list(iter_planes(image))
+    depth_axis = volume_axis(image.axes)
+    model.check_shape(image.plane_shape if depth_axis is None else (image.shape[image.axes.index(depth_axis)], *image.plane_shape[-2:]), image.axes, str(image.path))
+    return list(iter_volumes(image))
+
+
 def total_tiles(model: GapModel, images: Sequence[Image], tile: int | None, overlap: int) -> int:
     """Tiles that denoising these images takes (for a progress bar)."""
+    if model.config.dims == 3:
+        return sum(model.tiles_per_plane(tuple(volume.shape), tile, overlap) for image in images for _, volume in _units(model, image))
     return sum(int(np.prod(image.plane_shape[:-2], dtype=np.int64)) * model.tiles_per_plane(image.plane_shape[-2:], tile, overlap) for image in images)
 
 
@@ -82,17 +109,20 @@ def denoise_file(
     Zarr inputs and outputs.
     """
     camera.check_units(output_units)
+    units = _units(model, image)  # a 3D model's bad input fails here, before anything is written
     description = denoise_description(camera, output_units)
+    if model.config.dims == 3:
+        description += f", 3D: volumes along {volume_axis(image.axes)}"
     with ImageWriter(out_path, image.plane_shape, image.plane_axes, like=image, description=description, overwrite=overwrite) as writer:
-        for index, plane in iter_planes(image):
+        for index, plane in units:
             counts = CountsView(plane, camera, plane_name(image, index))
             target = writer.array[index] if isinstance(writer.array, np.ndarray) else None
             result = model.denoise(
                 counts, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision, out=target, progress=progress
             )
             if camera.shift or output_units == "adu":
-                for rows in row_blocks(result.shape[0]):
-                    result[rows] = camera.output(result[rows], output_units)
+                for key in image_blocks(tuple(result.shape)):
+                    result[key] = camera.output(result[key], output_units)
             if target is None:
                 writer.array[index] = result
     return out_path
@@ -133,10 +163,10 @@ def sample_file(
     mean = np.empty(shape, dtype=np.float32)
     std = np.empty(shape, dtype=np.float32)
     calls = 0
-    for index, plane in iter_planes(image):
+    for index, plane in _units(model, image):
         if on_plane is not None:
             on_plane(index)
-        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, plane_name(image, index))[:, :], n, **sample_options)
+        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, plane_name(image, index))[(slice(None),) * plane.ndim], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
     samples, mean = camera.output(samples, output_units), camera.output(mean, output_units)

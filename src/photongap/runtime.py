@@ -14,9 +14,10 @@ from torch import nn
 
 from photongap.config import Precision
 from photongap.errors import PhotongapError
+from photongap.network import channels_last
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-"""Maps counts ``(B, 1, Y, X)`` float32 (sides multiples of the network's size multiple) to logits of the same shape."""
+"""Maps counts ``(B, 1, Y, X)`` (``(B, 1, D, Y, X)`` for a 3D network) float32, sides multiples of the network's size multiples, to logits of the same shape."""
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -75,10 +76,11 @@ def logits_fn(network: nn.Module, device: str | torch.device = "auto", precision
     """
     device = resolve_device(device)
     bf16 = use_bf16(precision, device.type)
-    network = network.to(device).eval().to(memory_format=torch.channels_last)
+    layout = channels_last(getattr(getattr(network, "config", None), "dims", 2))
+    network = network.to(device).eval().to(memory_format=layout)
 
     def logits(counts: torch.Tensor) -> torch.Tensor:
-        counts = counts.to(device, torch.float32).contiguous(memory_format=torch.channels_last)
+        counts = counts.to(device, torch.float32).contiguous(memory_format=layout)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return network(counts).float()
 

@@ -9,6 +9,7 @@ arrays or Zarr arrays: they are read and written tile by tile and block by block
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +26,21 @@ ROWS_PER_BLOCK = 1024
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile: the window read (with margin) and the core it writes."""
+    """One tile: the window read (with margin) and the core it writes, per axis (``(Y, X)`` or ``(D, Y, X)``)."""
 
-    window_rows: np.ndarray
-    window_cols: np.ndarray
-    core: tuple[slice, slice]
+    windows: tuple[np.ndarray, ...]
+    """The indices read along each axis (reflected at the image's ends)."""
+    core: tuple[slice, ...]
     """Where the core lies in the output image."""
-    core_in_window: tuple[slice, slice]
+    core_in_window: tuple[slice, ...]
+
+    @property
+    def window_rows(self) -> np.ndarray:
+        return self.windows[-2]
+
+    @property
+    def window_cols(self) -> np.ndarray:
+        return self.windows[-1]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -81,83 +90,95 @@ def tile_margin(overlap: int, context: int, multiple: int) -> int:
     return round_up(max(overlap // 2, context, 0), multiple)
 
 
+def _per_axis(value: Any, axes: int) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * axes
+
+
 def plan_tiles(
-    shape: tuple[int, int], tile: int | None, overlap: int, multiple: int, context: int = 0, region: tuple[slice, slice] | None = None
+    shape: tuple[int, ...],
+    tile: int | None | tuple[int | None, ...],
+    overlap: int,
+    multiple: int | tuple[int, ...],
+    context: int | tuple[int, ...] = 0,
+    region: tuple[slice, ...] | None = None,
 ) -> list[Tile]:
     """Cut an image of ``shape`` (or the ``region`` of it) into tiles whose cores cover it exactly once.
 
     Parameters
     ----------
-    shape : (int, int)
-        ``(Y, X)`` of the image.
-    tile : int or None
-        Tile side in pixels (rounded up to ``multiple``); None means one tile, the whole image.
-        A tile too small for its context is enlarged until its core is at least twice its
-        margin (a tile of four margins).
+    shape : tuple of int
+        ``(Y, X)`` of the image, or ``(D, Y, X)`` of a volume.
+    tile : int, None, or one per axis
+        Tile side in pixels (rounded up to ``multiple``); None means one tile along that axis
+        (the whole image). A tile too small for its context is enlarged until its core is at
+        least twice its margin (a tile of four margins).
     overlap : int
         Context shared by neighbouring windows beyond ``context``: each side of a core sees
         at least ``overlap // 2`` pixels.
-    multiple : int
+    multiple : int or one per axis
         The network's size multiple; windows are padded (by reflection) to it.
-    context : int
-        The network's receptive radius (:func:`photongap.network.receptive_radius`): with
+    context : int or one per axis
+        The network's receptive radius (:func:`photongap.network.receptive_radii`): with
         at least this much context on each side a core's logits equal an untiled pass's.
-    region : (slice, slice), optional
-        Only this block of the image (``start:stop`` in rows and columns): its cores, with
+    region : tuple of slices, optional
+        Only this block of the image (``start:stop`` along each axis): its cores, with
         windows in the whole image's coordinates. What one task of a cluster computes.
     """
-    height, width = shape
-    rows_span, cols_span = region if region is not None else (None, None)
-    if tile is None:
-        tile, margin = round_up(max(height, width), multiple), 0
-    else:
-        margin = tile_margin(overlap, context, multiple)
-        # A core narrower than its margins would cost more in context than it gives: at least 2 margins.
-        tile = max(round_up(tile, multiple), 4 * margin, multiple)
-    tiles = []
-    for rows, core_y, in_y in _axis_windows(height, tile, margin, multiple, rows_span):
-        for cols, core_x, in_x in _axis_windows(width, tile, margin, multiple, cols_span):
-            tiles.append(Tile(rows, cols, (core_y, core_x), (in_y, in_x)))
-    return tiles
+    axes = len(shape)
+    spans = tuple(region) if region is not None else (None,) * axes
+    tiles_per_axis = []
+    for size, side, step, reach, span in zip(shape, _per_axis(tile, axes), _per_axis(multiple, axes), _per_axis(context, axes), spans):
+        if side is None:
+            side, margin = round_up(size, step), 0
+        else:
+            margin = tile_margin(overlap, reach, step)
+            # A core narrower than its margins would cost more in context than it gives: at least 2 margins.
+            side = max(round_up(side, step), 4 * margin, step)
+        tiles_per_axis.append(list(_axis_windows(size, side, margin, step, span)))
+    return [
+        Tile(tuple(w[0] for w in combination), tuple(w[1] for w in combination), tuple(w[2] for w in combination))
+        for combination in itertools.product(*tiles_per_axis)
+    ]
 
 
-def _read_window(image: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _read_window(image: Any, windows: tuple[np.ndarray, ...]) -> np.ndarray:
     """Read a reflected window, touching only the block of ``image`` it needs."""
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    block = np.asarray(image[r0:r1, c0:c1], dtype=np.float32)
-    return block[np.ix_(rows - r0, cols - c0)]
+    starts = [int(w.min()) for w in windows]
+    block = np.asarray(image[tuple(slice(start, int(w.max()) + 1) for start, w in zip(starts, windows))], dtype=np.float32)
+    return block[np.ix_(*(w - start for start, w in zip(starts, windows)))]
 
 
 def predict_logits(
     logits_fn: LogitsFn,
     counts: Any,
     *,
-    tile: int | None,
+    tile: int | None | tuple[int | None, ...],
     overlap: int,
-    multiple: int,
-    context: int = 0,
+    multiple: int | tuple[int, ...],
+    context: int | tuple[int, ...] = 0,
     batch_size: int = 4,
     out: Any | None = None,
     progress: Callable[[int], None] | None = None,
-    region: tuple[slice, slice] | None = None,
+    region: tuple[slice, ...] | None = None,
 ) -> Any:
-    """Logits of a whole image (or of a ``region`` of it), computed tile by tile and stitched.
+    """Logits of a whole image or volume (or of a ``region`` of it), computed tile by tile and stitched.
 
     Parameters
     ----------
     logits_fn : LogitsFn
         The network call (device, precision and memory format are its business).
     counts : array-like
-        ``(Y, X)`` photon counts; numpy, memory-mapped or Zarr.
+        ``(Y, X)`` photon counts, or a ``(D, Y, X)`` volume for a 3D network; numpy,
+        memory-mapped or Zarr.
     tile, overlap, multiple, context
         See :func:`plan_tiles`.
     batch_size : int
         Tiles per network call.
     out : array-like, optional
-        ``(Y, X)`` float32 destination (e.g. a memory map); a new array if omitted.
+        Float32 destination of the shape of ``counts`` (e.g. a memory map); a new array if omitted.
     progress : callable, optional
         Called with the number of tiles finished after each batch.
-    region : (slice, slice), optional
+    region : tuple of slices, optional
         Only this block (see :func:`plan_tiles`); ``out`` then has the block's shape.
 
     Returns
@@ -166,21 +187,20 @@ def predict_logits(
         ``out``, holding the stitched logits.
     """
     shape = tuple(counts.shape)
-    rows, cols = region if region is not None else (slice(0, shape[0]), slice(0, shape[1]))
-    out = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32) if out is None else out
+    spans = tuple(region) if region is not None else tuple(slice(0, size) for size in shape)
+    out = np.empty(tuple(span.stop - span.start for span in spans), dtype=np.float32) if out is None else out
     tiles = plan_tiles(shape, tile, overlap, multiple, context, region)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         # Windows at the image's edge can be smaller than inner ones: group by shape.
-        by_shape: dict[tuple[int, int], list[Tile]] = {}
+        by_shape: dict[tuple[int, ...], list[Tile]] = {}
         for item in batch:
-            by_shape.setdefault((len(item.window_rows), len(item.window_cols)), []).append(item)
+            by_shape.setdefault(tuple(len(w) for w in item.windows), []).append(item)
         for group in by_shape.values():
-            windows = np.stack([_read_window(counts, t.window_rows, t.window_cols) for t in group])
+            windows = np.stack([_read_window(counts, t.windows) for t in group])
             logits = logits_fn(torch.from_numpy(windows)[:, None]).float().cpu().numpy()[:, 0]
             for item, tile_logits in zip(group, logits):
-                core_y, core_x = item.core
-                out[core_y.start - rows.start : core_y.stop - rows.start, core_x.start - cols.start : core_x.stop - cols.start] = tile_logits[item.core_in_window]
+                out[tuple(slice(core.start - span.start, core.stop - span.start) for core, span in zip(item.core, spans))] = tile_logits[item.core_in_window]
         if progress is not None:
             progress(len(batch))
     return out
@@ -192,14 +212,21 @@ def row_blocks(height: int) -> Iterator[slice]:
         yield slice(start, min(start + ROWS_PER_BLOCK, height))
 
 
+def image_blocks(shape: tuple[int, ...]) -> Iterator[tuple[int | slice, ...]]:
+    """Keys of blocks covering an image: row blocks of a ``(Y, X)`` plane, or of each plane of a ``(D, Y, X)`` volume."""
+    for leading in np.ndindex(*shape[:-2]):
+        for rows in row_blocks(shape[-2]):
+            yield (*leading, rows)
+
+
 def image_log_normaliser(logits: Any) -> float:
-    """:func:`photongap.physics.log_normaliser` of a (possibly memory-mapped) ``(Y, X)`` logits image, block by block."""
-    blocks = [log_normaliser(torch.from_numpy(np.asarray(logits[rows]))[None]) for rows in row_blocks(logits.shape[0])]
+    """:func:`photongap.physics.log_normaliser` of a (possibly memory-mapped) ``(Y, X)`` or ``(D, Y, X)`` logits image, block by block."""
+    blocks = [log_normaliser(torch.from_numpy(np.asarray(logits[key]))[None]) for key in image_blocks(logits.shape)]
     return float(torch.logsumexp(torch.cat(blocks), dim=0))
 
 
 def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any:
-    """The expected clean image ``softmax(logits) * total_photons`` over a stitched logits image.
+    """The expected clean image ``softmax(logits) * total_photons`` over a stitched logits image (or volume).
 
     :func:`photongap.physics.mmse_from_logits` block by block, with the whole image's
     normaliser, so even a 16k x 16k plane needs no second full-size buffer: ``out`` may be
@@ -208,32 +235,34 @@ def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any
     out = np.empty(logits.shape, dtype=np.float32) if out is None else out
     normaliser = torch.tensor([image_log_normaliser(logits)], dtype=torch.float64)
     total = torch.tensor([total_photons], dtype=torch.float64)
-    for rows in row_blocks(logits.shape[0]):
-        block = torch.from_numpy(np.asarray(logits[rows]))[None]
-        out[rows] = mmse_from_logits(block, total, normaliser)[0].numpy()
+    for key in image_blocks(logits.shape):
+        block = torch.from_numpy(np.asarray(logits[key]))[None]
+        out[key] = mmse_from_logits(block, total, normaliser)[0].numpy()
     return out
 
 
-def padded(logits_fn: LogitsFn, multiple: int, batch_size: int) -> LogitsFn:
-    """A logits function for batches of any ``(Y, X)``: reflect-padded to ``multiple``, in chunks.
+def padded(logits_fn: LogitsFn, multiple: int | tuple[int, ...], batch_size: int) -> LogitsFn:
+    """A logits function for batches of any ``(Y, X)`` (or ``(D, Y, X)``): reflect-padded to ``multiple``, in chunks.
 
-    Tensors stay on their device (the sampler's loop runs there); each network call holds at
-    most ``batch_size`` images.
+    ``multiple`` is one per spatial axis, or one for ``Y`` and ``X``. Tensors stay on their
+    device (the sampler's loop runs there); each network call holds at most ``batch_size`` images.
     """
 
     def logits(counts: torch.Tensor) -> torch.Tensor:
-        height, width = counts.shape[-2:]
-        pad_y, pad_x = round_up(height, multiple) - height, round_up(width, multiple) - width
-        mode = "reflect" if pad_y < height and pad_x < width else "replicate"
-        if pad_y or pad_x:
-            counts = torch.nn.functional.pad(counts, (0, pad_x, 0, pad_y), mode=mode)
+        sizes = counts.shape[2:]
+        steps = _per_axis(multiple, len(sizes))
+        pads = [round_up(size, step) - size for size, step in zip(sizes, steps)]
+        mode = "reflect" if all(pad < size for pad, size in zip(pads, sizes)) else "replicate"
+        if any(pads):
+            # F.pad lists the last axis first: (0, pad_x, 0, pad_y[, 0, pad_d]).
+            counts = torch.nn.functional.pad(counts, [value for pad in reversed(pads) for value in (0, pad)], mode=mode)
         out = torch.cat([logits_fn(chunk) for chunk in counts.split(batch_size)])
-        return out[..., :height, :width]
+        return out[(..., *(slice(0, size) for size in sizes))]
 
     return logits
 
 
-def tiled(logits_fn: LogitsFn, *, tile: int, overlap: int, multiple: int, context: int, batch_size: int) -> LogitsFn:
+def tiled(logits_fn: LogitsFn, *, tile: Any, overlap: int, multiple: Any, context: Any, batch_size: int) -> LogitsFn:
     """A logits function that stitches each image of a batch from tiles (see :func:`predict_logits`)."""
 
     def logits(counts: torch.Tensor) -> torch.Tensor:
@@ -246,12 +275,15 @@ def tiled(logits_fn: LogitsFn, *, tile: int, overlap: int, multiple: int, contex
     return logits
 
 
-def image_logits_fn(logits_fn: LogitsFn, shape: tuple[int, int], *, tile: int | None, multiple: int, context: int, batch_size: int) -> LogitsFn:
+def image_logits_fn(logits_fn: LogitsFn, shape: tuple[int, ...], *, tile: int | None, multiple: Any, context: Any, batch_size: int) -> LogitsFn:
     """Logits of whole images of ``shape``: in one pass (padded, in batches) up to ``tile``, else tile by tile.
 
-    What the sampler calls: its images stay on their device unless they must be tiled.
+    ``shape`` is ``(Y, X)`` or ``(D, Y, X)``; ``tile`` applies to ``Y`` and ``X`` (volumes are
+    tiled in ``D`` only when a plane is tiled: see :func:`plan_tiles`). What the sampler calls:
+    its images stay on their device unless they must be tiled.
     """
-    if tile is not None and max(shape) > tile:
+    side = tile[-1] if isinstance(tile, tuple) else tile
+    if side is not None and max(shape[-2:]) > side:
         return tiled(logits_fn, tile=tile, overlap=DEFAULT_OVERLAP, multiple=multiple, context=context, batch_size=batch_size)
     return padded(logits_fn, multiple, batch_size)
 
@@ -260,21 +292,23 @@ def denoise_plane(
     logits_fn: LogitsFn,
     counts: Any,
     *,
-    tile: int | None,
+    tile: int | None | tuple[int | None, ...],
     overlap: int,
-    multiple: int,
-    context: int,
+    multiple: int | tuple[int, ...],
+    context: int | tuple[int, ...],
     batch_size: int,
     out: Any | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Any:
-    """MMSE denoising of one ``(Y, X)`` plane of any size: ``softmax(stitched logits) * sum(counts)``.
+    """MMSE denoising of one ``(Y, X)`` plane (or ``(D, Y, X)`` volume) of any size: ``softmax(stitched logits) * sum(counts)``.
 
     ``counts`` may be memory-mapped or lazy: it is read block by block. A numpy (or
     memory-mapped) ``out`` first holds the logits and is then normalised in place, so even a
-    16k x 16k plane needs no second full-size buffer.
+    16k x 16k plane needs no second full-size buffer. A volume is one image: one softmax over
+    all its voxels, as in training.
     """
-    total = float(sum(np.asarray(counts[rows, :], dtype=np.float64).sum() for rows in row_blocks(counts.shape[-2])))
+    columns = (slice(None),)
+    total = float(sum(np.asarray(counts[(*key, *columns)], dtype=np.float64).sum() for key in image_blocks(tuple(counts.shape))))
     target = out if isinstance(out, np.ndarray) else None
     logits = predict_logits(
         logits_fn, counts, tile=tile, overlap=overlap, multiple=multiple, context=context, batch_size=batch_size, out=target, progress=progress
@@ -284,3 +318,5 @@ def denoise_plane(
         out[...] = result
         return out
     return result
+
+

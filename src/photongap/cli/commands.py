@@ -44,7 +44,8 @@ def train(
     preset: Annotated[Optional[str], typer.Option(help="Starting configuration of a new run: default (denoising), generative (sampling and generation: every photon level) or paper (the published one) [default: default].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels.")] = None,
+    patch_size: Annotated[Optional[str], typer.Option(help="Patch side in pixels (Y and X), or D Y X for --dims 3, e.g. 16x64x64 [default: 64; depth 16, or the thinnest stack's].")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="2: the network sees planes; 3: volumes along Z, else T (time-lapses) [default: 2].")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many minutes and save the model as if done.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of images (or rows of a single image) held out for validation.")] = None,
@@ -62,11 +63,21 @@ def train(
 ) -> None:
     """Train a GAP model on noisy photon counts alone (self-supervised)."""
     from photongap.io import find_images
-    from photongap.pipeline import training_planes
+    from photongap.pipeline import training_planes, training_volumes
     from photongap.training import train as run_training
 
-    planes, names = training_planes(find_images(data), axes, camera_from_options(gain, offset, calibration))
-    overrides = dict(steps=steps, batch_size=batch_size, patch_size=patch_size, learning_rate=learning_rate, time_limit_minutes=time_limit,
+    if dims not in (None, 2, 3):
+        raise PhotongapError(f"--dims must be 2 or 3, got {dims}")
+    if resume and dims is None:
+        from photongap.training.run import stored_dims
+
+        dims = stored_dims(out)  # a resumed 3D run reads its stacks as volumes again
+    side, depth = defaults.parse_patch_size(patch_size) if patch_size is not None else (None, None)
+    if depth is not None and dims != 3:
+        raise PhotongapError("--patch-size D Y X is for 3D models: add --dims 3")
+    read = training_volumes if dims == 3 else training_planes
+    planes, names = read(find_images(data), axes, camera_from_options(gain, offset, calibration))
+    overrides = dict(steps=steps, batch_size=batch_size, patch_size=side, patch_depth=depth, learning_rate=learning_rate, time_limit_minutes=time_limit,
                      val_fraction=val_fraction, seed=seed, precision=precision)
     result = run_training(
         planes,
@@ -74,6 +85,7 @@ def train(
         preset=preset,
         config_file=config,
         overrides=overrides,
+        model_overrides=dict(dims=dims),
         resume=resume,
         names=names,
         device=device.value,
@@ -107,7 +119,7 @@ def denoise(
 ) -> None:
     """MMSE-denoise images. Output: float32 TIFF (or .npy/.zarr) of the same shape and axes as each
     input, in the PHOTON UNITS OF THE INPUT (expected photons per pixel at the input's exposure),
-    or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane."""
+    or in camera units with --output-units adu. Stacks (ZYX, TYX, ...) are denoised plane by plane, or as volumes by a 3D model (--dims 3)."""
     from photongap.io import check_new_outputs, find_images, output_paths
     from photongap.model import load
     from photongap.pipeline import denoise_file, read_images, total_tiles
@@ -228,6 +240,7 @@ def generate(
     model: Annotated[Path, typer.Argument(help="model.pt (best trained with --preset generative: every photon level).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: generated.tif (n, Y, X).")],
     size: Annotated[tuple[int, int], typer.Option(help="Image size Y X.")] = (256, 256),
+    depth: Annotated[int, typer.Option(help="Planes of each generated volume (3D models only).")] = 16,
     n: Annotated[int, typer.Option("-n", help="Images to generate.")] = 8,
     target_psnr: TargetPsnrOption = schedules.DEFAULT_TARGET_PSNR,
     beta: Annotated[float, typer.Option(help="Photons added per step, as a fraction of those so far.")] = schedules.PUBLISHED_SCHEDULE.beta,
@@ -251,10 +264,12 @@ def generate(
     network = load(model)
     recorder = MovieRecorder() if movie else None
     with sampling_progress("generating", target_psnr, recorder) as on_step:
+        shape = (depth, *size) if network.config.dims == 3 else size
         result = network.generate(
-            n, size, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
+            n, shape, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
         )
-    path = write_image(target, result.samples, "TYX", description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
+    axes = "TZYX" if network.config.dims == 3 else "TYX"
+    path = write_image(target, result.samples, axes, description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
     if recorder is not None:
         recorder.save(movie)
     console.print(f"[green]generated[/] {n} images ({result.network_calls} network calls each) -> {path}")

@@ -26,7 +26,7 @@ from photongap.io.files import (
     partial_name,
     remove_partials,
 )
-from photongap.io.image import AXES, Image, LazyPlane, iter_planes, plane_axes_order
+from photongap.io.image import AXES, Image, LazyPlane, LazyVolume, iter_planes, iter_volumes, plane_axes_order, volume_axis
 from photongap.io.readers import MEMMAP_MIN_BYTES, read_image
 from photongap.io.writers import ImageWriter, write_image
 
@@ -37,15 +37,18 @@ __all__ = [
     "Image",
     "ImageWriter",
     "LazyPlane",
+    "LazyVolume",
     "atomic_output",
     "check_new_outputs",
     "find_images",
     "iter_planes",
+    "iter_volumes",
     "output_path",
     "output_paths",
     "partial_name",
     "plane_axes_order",
     "read_image",
     "remove_partials",
+    "volume_axis",
     "write_image",
 ]

@@ -103,3 +103,59 @@ def iter_planes(image: Image) -> Iterator[tuple[tuple[int, ...], np.ndarray | La
             yield index, plane.T if x_axis < y_axis else plane
         else:
             yield index, LazyPlane(image.data, tuple(key), y_axis, x_axis)
+
+
+def volume_axis(axes: str) -> str | None:
+    """The third axis a 3D network sees: ``Z`` where the axes have one, else ``T`` (a time-lapse), else None."""
+    return next((letter for letter in "ZT" if letter in axes), None)
+
+
+class LazyVolume:
+    """A ``(D, Y, X)`` volume of a lazy array (zarr), read only when sliced.
+
+    ``volume[d, y0:y1, x0:x1]`` (ints or slices for each of the three axes) reads that block
+    as an ndarray, its axes in ``(D, Y, X)`` order.
+    """
+
+    def __init__(self, data: Any, key: tuple, axes: tuple[int, int, int]) -> None:
+        self.data, self.key, self.axes = data, key, axes
+        self.shape = tuple(data.shape[axis] for axis in axes)
+        self.dtype, self.ndim = np.dtype(data.dtype), 3
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        key = list(self.key)
+        for axis, part in zip(self.axes, index):
+            key[axis] = part
+        block = np.asarray(self.data[tuple(key)])
+        kept = [axis for axis, part in zip(self.axes, index) if isinstance(part, slice)]
+        # The block's axes come in stored order; put them in (D, Y, X) order.
+        return np.transpose(block, np.argsort(np.argsort(kept))) if kept != sorted(kept) else block
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        block = self[:, :, :]
+        return block if dtype is None else block.astype(dtype)
+
+
+def iter_volumes(image: Image) -> Iterator[tuple[tuple[Any, ...], np.ndarray | LazyVolume]]:
+    """Every ``(D, Y, X)`` volume along :func:`volume_axis` with its key into the :attr:`Image.plane_axes` layout.
+
+    The key holds an index for every other axis and ``slice(None)`` for ``D``, so that
+    ``writer.array[key]`` is the volume's place in an output laid out as ``plane_axes``.
+    A volume of an ndarray or memmap is a view; of a zarr array, a :class:`LazyVolume`.
+    """
+    letter = volume_axis(image.axes)
+    if letter is None:
+        raise ValueError(f"axes {image.axes!r} have no Z or T axis")
+    order = plane_axes_order(image.axes)
+    depth_axis, y_axis, x_axis = image.axes.index(letter), *order[-2:]
+    others = [axis for axis in order[:-2] if axis != depth_axis]
+    for index in np.ndindex(*(image.shape[axis] for axis in others)):
+        by_axis = dict(zip(others, index))
+        layout_key = tuple(by_axis.get(axis, slice(None)) for axis in order[:-2])
+        key = tuple(by_axis.get(axis, slice(None)) for axis in range(len(image.shape)))
+        if isinstance(image.data, np.ndarray):
+            kept = [axis for axis in range(len(image.shape)) if axis not in by_axis]
+            volume = image.data[key]
+            yield layout_key, np.transpose(volume, [kept.index(axis) for axis in (depth_axis, y_axis, x_axis)])
+        else:
+            yield layout_key, LazyVolume(image.data, key, (depth_axis, y_axis, x_axis))

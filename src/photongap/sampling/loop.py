@@ -134,9 +134,9 @@ class PosteriorSamples:
 
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
-    if not isinstance(counts, torch.Tensor) or counts.dim() != 4 or counts.shape[1] != 1 or counts.shape[0] == 0:
+    if not isinstance(counts, torch.Tensor) or counts.dim() not in (4, 5) or counts.shape[1] != 1 or counts.shape[0] == 0:
         shape = tuple(counts.shape) if isinstance(counts, torch.Tensor) else type(counts).__name__
-        raise PhotongapError(f"counts must have shape (B, 1, Y, X) with B >= 1, got {shape}")
+        raise PhotongapError(f"counts must have shape (B, 1, Y, X) or (B, 1, D, Y, X) with B >= 1, got {shape}")
     counts = counts.float()
     if not torch.isfinite(counts).all():
         raise PhotongapError("counts contain NaN or infinite values")
@@ -151,7 +151,7 @@ def _check_start(counts: torch.Tensor, stop: StopRule) -> None:
     done = stop.done(counts)
     if done.any():
         index = int(done.nonzero()[0, 0])
-        level = float(pseudo_psnr(counts[index].double()).reshape(()))
+        level = float(pseudo_psnr(counts[index : index + 1].double()).reshape(()))
         photons = float(counts[index].double().sum())
         targets = " or ".join(
             text
@@ -244,8 +244,9 @@ def accumulate_photons(
     (torch.Size([4, 1, 16, 16]), True)
     """
     counts = _check_counts(counts)
-    batch, _, height, width = counts.shape
-    num_pixels = height * width
+    batch = counts.shape[0]
+    num_pixels = counts[0, 0].numel()  # voxels of a volume: one image, one softmax
+    spatial = tuple(range(1, counts.dim()))
     scale = _check_scale(scale_to, batch, counts.device)
     _check_start(counts, stop)
 
@@ -257,7 +258,7 @@ def accumulate_photons(
     while active.numel() > 0 and step < stop.max_steps:
         step += 1
         current = counts[active]
-        photons = schedule.photons_to_add(current.double().sum(dim=(1, 2, 3)), num_pixels)
+        photons = schedule.photons_to_add(current.double().sum(dim=spatial), num_pixels)
         predictive = None
         if posterior is None:
             logits = checked_logits(logits_fn, current, step)
@@ -278,7 +279,7 @@ def accumulate_photons(
             on_step(StepState(step, counts, logits, active, level, done, predictive))
         active = active[~finished]
 
-    total = scale if scale is not None else counts.double().sum(dim=(1, 2, 3))
+    total = scale if scale is not None else counts.double().sum(dim=spatial)
     if posterior is None:
         final_logits = checked_logits(logits_fn, counts, step + 1)
         return SamplingResult(mmse_from_logits(final_logits, total), counts, step, steps_per_sample, done)
@@ -324,13 +325,13 @@ def generate(
     SamplingResult
         ``samples`` are ``softmax(logits) * final photons`` (no input units to return to).
     """
-    if len(shape) != 2 or any(int(side) < 1 for side in shape):
-        raise PhotongapError(f"shape must be (Y, X) with positive sides, got {tuple(shape)}")
+    if len(shape) not in (2, 3) or any(int(side) < 1 for side in shape):
+        raise PhotongapError(f"shape must be (Y, X), or (D, Y, X) for a 3D network, with positive sides, got {tuple(shape)}")
     if n < 1:
         raise PhotongapError(f"the number of images must be at least 1, got {n}")
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    canvas = torch.zeros(n, 1, int(shape[0]), int(shape[1]), device=device)
+    canvas = torch.zeros(n, 1, *(int(side) for side in shape), device=device)
     return accumulate_photons(
         logits_fn, canvas, scale_to=None, schedule=schedule, stop=stop, generator=generator, on_step=on_step, posterior=posterior
     )

@@ -26,8 +26,9 @@ def draw_photons(counts: torch.Tensor, rates: torch.Tensor, excess: torch.Tensor
     """
     if excess is not None:
         excess = excess.to(rates.device, torch.float32)
-        if excess.dim() == 1:
-            excess = excess.reshape(-1, 1, 1, 1).expand(rates.shape[0], 1, 1, 1)
+        if excess.dim() == 1:  # one value per image; else a map of the shape of rates
+            ones = [1] * (rates.dim() - 1)  # (B, 1, Y, X) or a volume's (B, 1, D, Y, X)
+            excess = excess.reshape(-1, *ones).expand(rates.shape[0], *ones)
         if bool((excess > 0).any()):
             # Gamma(shape = rate / e, scale = e) has mean rate and variance rate * e. (The private
             # _standard_gamma is what torch.distributions.Gamma samples with; it alone takes a
@@ -77,7 +78,7 @@ def sample_step(
     excess = None
     if dispersion > 0:
         # An empty canvas counts as one photon so far.
-        excess = dispersion * photons_to_add / counts.double().sum(dim=(1, 2, 3)).clamp_min(1.0)
+        excess = dispersion * photons_to_add / counts.double().flatten(1).sum(dim=1).clamp_min(1.0)
     return draw_photons(counts, mmse_from_logits(logits, photons_to_add), excess, generator)
 
 
@@ -113,7 +114,7 @@ def dirichlet_step(
         ``(B, 1, Y, X)`` float32 new counts.
     """
     photons_to_add = photons_to_add.to(counts.device, torch.float64)
-    rates = predictive.probabilities.double() * photons_to_add.reshape(-1, 1, 1, 1)
+    rates = predictive.probabilities.double() * photons_to_add.reshape(-1, *([1] * (counts.dim() - 1)))
     # A strength below one photon (an empty canvas) is read as one, as in sample_step.
     # Per pixel ``n P_i / alpha_i = n / A_i``: one value per image for the Dirichlet.
     strength = predictive.strength.to(counts.device)

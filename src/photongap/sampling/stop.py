@@ -76,7 +76,7 @@ class StopRule:
         if self.target_psnr is not None:
             done |= pseudo_psnr(counts).reshape(-1) >= self.target_psnr
         if self.target_photons is not None:
-            done |= counts.sum(dim=(1, 2, 3)) >= self.target_photons
+            done |= counts.flatten(1).sum(dim=1) >= self.target_photons
         return done
 
 

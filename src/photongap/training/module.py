@@ -15,6 +15,7 @@ import torch
 
 from photongap.config import ModelConfig, TrainConfig
 from photongap.network import GapUNet
+from photongap.network import channels_last as memory_format_for
 from photongap.physics import draw_split_fraction, photon_loss, split_counts
 
 
@@ -67,8 +68,9 @@ class GapLightningModule(L.LightningModule):
         self.train_config = train_config
         self.channels_last = channels_last
         self.network = GapUNet(model_config)
+        self.memory_format = memory_format_for(model_config.dims)
         if channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
+            self.network = self.network.to(memory_format=self.memory_format)
         # The moving average of the weights (a submodule, so checkpoints and devices follow it).
         self.average: GapUNet | None = None
         if train_config.average_decay is not None:
@@ -90,7 +92,7 @@ class GapLightningModule(L.LightningModule):
             torch._foreach_lerp_(list(self.average.parameters()), list(self.network.parameters()), 1.0 - decay)
 
     def _layout(self, counts: torch.Tensor) -> torch.Tensor:
-        return counts.contiguous(memory_format=torch.channels_last) if self.channels_last else counts
+        return counts.contiguous(memory_format=self.memory_format) if self.channels_last else counts
 
     def on_fit_start(self) -> None:
         self.split_generator = torch.Generator(device=self.device)

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from photongap.config import ModelConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
+from photongap.config import DEFAULT_PATCH_DEPTH, ModelConfig, TrainConfig, depth_pools_for, dump_yaml, from_dict, load_yaml, to_dict
 from photongap.config import preset as preset_configs
 from photongap.data import GapDataModule, hold_out
 from photongap.errors import PhotongapError
@@ -150,6 +150,7 @@ def run_config(
     model_config: ModelConfig | None,
     train_config: TrainConfig | None,
     overrides: Mapping[str, Any] | None,
+    model_overrides: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """The configuration of a run, each source over the one before.
 
@@ -171,12 +172,37 @@ def run_config(
     changes = {key: value for key, value in (overrides or {}).items() if value is not None}
     if changes:
         training = from_dict(TrainConfig, {**to_dict(training), **changes}, "training overrides")
+    model_changes = {key: value for key, value in (model_overrides or {}).items() if value is not None}
+    if model_changes:
+        model = from_dict(ModelConfig, {**to_dict(model), **model_changes}, "model overrides")
     if resume and model != base[0]:
         changed = ", ".join(f"{f.name} {getattr(model, f.name)!r} (stored {getattr(base[0], f.name)!r})"
                             for f in dataclasses.fields(model) if getattr(model, f.name) != getattr(base[0], f.name))
         raise PhotongapError(f"cannot resume {run_dir} with another network: {changed}; resume it as stored or start a new run")
     given = config_file is not None or model_config is not None or train_config is not None
     return RunConfig(model, training, "custom" if given else name)
+
+
+def stored_dims(run_dir: str | Path) -> int | None:
+    """The ``dims`` of the run stored in ``run_dir/config.yaml`` (None without one): how a resumed run reads its data."""
+    stored = Path(run_dir) / "config.yaml"
+    return load_yaml(stored)[0].dims if stored.exists() else None
+
+
+def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.ndarray]) -> tuple[ModelConfig, TrainConfig]:
+    """A 3D run's patch depth and depth poolings, where the configuration leaves them open.
+
+    The patch depth defaults to ``DEFAULT_PATCH_DEPTH`` planes, or the thinnest stack's depth
+    if less; the network halves ``D`` as often as that depth allows (:func:`photongap.config.depth_pools_for`).
+    Both are stored in the run's configuration, so a resumed run and the model file keep them.
+    """
+    if model.dims == 2:
+        return model, training
+    thinnest = min((image.shape[0] for image in images if image.ndim == 3), default=DEFAULT_PATCH_DEPTH)
+    depth = training.patch_depth or min(DEFAULT_PATCH_DEPTH, thinnest)
+    if model.depth_pools is None:
+        model = dataclasses.replace(model, depth_pools=depth_pools_for(depth, model.depth))
+    return model, dataclasses.replace(training, patch_depth=depth)
 
 
 def train(
@@ -188,6 +214,7 @@ def train(
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     overrides: Mapping[str, Any] | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     names: Sequence[str] | None = None,
     device: str = "auto",
@@ -205,7 +232,8 @@ def train(
     Parameters
     ----------
     images : sequence of np.ndarray
-        2D photon-count images (planes of stacks count as separate images).
+        2D photon-count images (planes of stacks count as separate images); for a model with
+        ``dims=3``, ``(D, Y, X)`` volumes (z-stacks, or time-lapses with ``D`` the frames).
     run_dir : path
         Receives ``config.yaml``, ``last.ckpt``, ``metrics.csv``, ``loss.png`` and ``model.pt``.
     preset : str, optional
@@ -217,6 +245,8 @@ def train(
     overrides : mapping, optional
         Training fields to change last, e.g. ``{"steps": 2000, "time_limit_minutes": 10}``;
         None values are ignored.
+    model_overrides : mapping, optional
+        Network fields to change last, e.g. ``{"dims": 3}`` (None values are ignored).
     resume : bool
         Continue from ``run_dir/last.ckpt`` with the configuration in ``run_dir/config.yaml``
         (then ``config_file``, configs and overrides over it); the network must not change.
@@ -250,8 +280,8 @@ def train(
     if not resume and ((run_dir / "model.pt").exists() or checkpoint.exists()):
         raise PhotongapError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     run = run_config(run_dir, resume=resume, preset_name=preset, config_file=config_file, model_config=model_config,
-                     train_config=train_config, overrides=overrides)
-    model_config, train_config = run.model, run.training
+                     train_config=train_config, overrides=overrides, model_overrides=model_overrides)
+    model_config, train_config = settle_depth(run.model, run.training, images)
 
     accelerator = resolve_device(device).type
     bf16 = use_bf16(train_config.precision, accelerator)
@@ -266,6 +296,7 @@ def train(
         split_relative=train_config.split_mode == "relative",
         seed=train_config.seed,
         names=names,
+        patch_depth=train_config.patch_depth if model_config.dims == 3 else None,
     )
     clock = RunClock()
     module = GapLightningModule(model_config, train_config, channels_last=True, clock=clock)
@@ -324,7 +355,8 @@ def train(
             "trained_range": trained_range(data, train_config),
             **(extra_info or {}),
         }
-        if assess and validation:
+        # The assessment and the posterior gain grade 2D planes; a 3D model is not graded (yet).
+        if assess and validation and model_config.dims == 2:
             info.update(assess_validation(module.inference_network, model_config, info, validation, run_dir, accelerator))
         save_model(model_path, module.inference_network, model_config, info)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")

