@@ -212,3 +212,25 @@ def test_cli_bad_cluster_address_is_one_line_and_plain_commands_never_import_das
 def test_torch_threads_of_each_worker_are_its_share_of_the_cores(client):
     threads = client.run(torch.get_num_threads)
     assert set(threads.values()) == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_a_3d_model_denoises_a_zarr_volume_whole_on_the_cluster(client, poisson_image, tmp_path):
+    """A 3D model's Zarr volume is one task (not plane chunks): the cluster gives the single-process volume."""
+    from photongap.config import ModelConfig
+    from photongap.model import GapModel
+    from photongap.network import GapUNet
+
+    torch.manual_seed(0)
+    config = ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=1)
+    model = GapModel(GapUNet(config).eval(), config, {"note": "untrained 3D test model"})
+    path = model.save(tmp_path / "model3d.pt")
+    counts = np.stack([poisson_image((48, 64), 2.0, seed) for seed in range(6)]).astype(np.uint16)
+    source = zarr.create_array(str(tmp_path / "volume.zarr"), shape=counts.shape, chunks=(1, 48, 64), dtype="uint16")
+    source[...] = counts
+    target = tmp_path / "out" / "volume.zarr"
+    result = denoise_on_cluster(client, path, [tmp_path / "volume.zarr"], [target], axes="ZYX", tile=None, device="cpu")
+    assert result.failures == []
+    expected = np.asarray(read_image(denoise_file(model, read_image(tmp_path / "volume.zarr", "ZYX"), tmp_path / "single.zarr", device="cpu", tile=None)).data)
+    denoised = np.asarray(read_image(target).data)
+    np.testing.assert_allclose(denoised, expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(denoised.sum()) - float(counts.sum())) < 1e-3 * float(counts.sum())  # one softmax over the whole volume

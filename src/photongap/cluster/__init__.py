@@ -28,6 +28,7 @@ from photongap.cluster.setup import TorchSetup, cached_model, model_loads, open_
 from photongap.cluster.zarr_tiles import ZarrJob
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from photongap.io.files import image_suffix
+from photongap.modelfile import load_model
 
 __all__ = [
     "ClusterJob", "ClusterResult", "TorchSetup", "ZarrJob", "cached_model", "denoise_on_cluster", "model_loads",
@@ -54,8 +55,8 @@ def denoise_on_cluster(
 ) -> ClusterResult:
     """MMSE-denoise ``sources`` into ``targets`` on the cluster (see :func:`photongap.pipeline.denoise_file`).
 
-    One task per file; a Zarr target is written chunk by chunk by two tasks per chunk, with
-    the image-wide softmax taken exactly. Existing targets are refused before anything runs
+    One task per file; with a 2D model a Zarr target is written chunk by chunk by two tasks per
+    chunk, with the image-wide softmax taken exactly. Existing targets are refused before anything runs
     unless ``overwrite``. Inputs, outputs and the model must be on a file system the workers see.
     """
     from photongap.io import check_new_outputs
@@ -65,8 +66,10 @@ def denoise_on_cluster(
     options = dict(output_units=output_units, tile=tile, overlap=overlap, batch_size=batch_size, precision=precision)
     model_path = str(Path(model_path).resolve())
     jobs: list[ClusterJob] = []
+    # Chunk tasks tile planes; a 3D model's volumes go whole, one task per file, as denoise_file writes them.
+    planes = load_model(model_path)[1].dims == 2
     for source, target in zip(sources, targets):
-        if image_suffix(target) in (".zarr", ".ome.zarr"):
+        if planes and image_suffix(target) in (".zarr", ".ome.zarr"):
             jobs.append(ZarrJob(model_path, source, target, axes, camera, device, {**options, "overwrite": overwrite}))
         else:
             jobs.append(denoise_job(Path(model_path), source, target, axes=axes, camera=camera, device=device, **options))
