@@ -196,6 +196,37 @@ def test_denoise_adds_a_layer_in_the_source_coordinates(viewer, qtbot, model_fil
     assert widget.progress.value() == widget.progress.maximum()
 
 
+def test_a_3d_model_denoises_a_volume_layer_as_one_volume(viewer, qtbot, tmp_path, notifications):
+    import torch
+
+    from photongap.config import ModelConfig
+    from photongap.network import GapUNet
+
+    torch.manual_seed(0)
+    config = ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=1)
+    path = str(GapModel(GapUNet(config).eval(), config, {"note": "untrained 3D test model"}).save(tmp_path / "model3d.pt"))
+    data = counts((6, 32, 40))
+    viewer.add_image(data, name="stack", scale=(2.0, 0.5, 0.5), axis_labels=("z", "y", "x"))
+    widget = dock(viewer, "Denoise")
+    widget.model.path = path
+    widget.layer.setCurrentText("stack")
+    widget.run()
+    finish(qtbot, widget)
+    result = viewer.layers["stack [photongap]"]
+    # One softmax over the volume (not per plane), as the library's 3D denoising gives.
+    np.testing.assert_allclose(result.data, GapModel.load(path).denoise(data, device="cpu"), rtol=1e-5, atol=1e-6)
+    assert abs(float(result.data.sum()) - float(data.sum())) < 1e-3 * float(data.sum())
+    assert not np.allclose(result.data.sum(axis=(1, 2)), data.sum(axis=(1, 2)), rtol=1e-3)
+    assert widget.progress.value() == widget.progress.maximum()
+
+    viewer.add_image(data[0], name="plane", axis_labels=("y", "x"))  # a 2D layer: a one-line error, no new layer
+    widget.layer.setCurrentText("plane")
+    widget.run()
+    finish(qtbot, widget)
+    assert "plane [photongap]" not in viewer.layers
+    assert [str(n.severity) for n in notifications] == ["error"] and "Z or T axis" in notifications[0].message
+
+
 def test_sample_posterior_adds_samples_mean_and_std(viewer, qtbot, model_file):
     data = counts((40, 48))
     viewer.add_image(data, name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0), axis_labels=("y", "x"), units=("um", "um"))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import napari
 import napari.viewer
 from qtpy.QtWidgets import QSpinBox
 
 from photongap.config import DEFAULT_TILE
+from photongap.errors import PhotongapError
+from photongap.io import volume_axis
 from photongap.napari.forms import CameraFields, JobWidget, LayerChoice, ModelField, device_choice
 from photongap.napari.layers import layer_counts, result_layer, with_axes
 
@@ -44,8 +47,14 @@ class DenoiseWidget(JobWidget):
             report((None, "reading the model and the layer…"))
             model = GapModel.load(model_path)
             counts = layer_counts(source, camera)
-            planes = len(counts.planes()) if getattr(model.config, "dims", 2) == 2 else 1
-            total = planes * model.tiles_per_plane(counts.counts.shape[-2:], tile)
+            dims = model.config.dims
+            if dims == 3:
+                # A volume runs along Z, else T (as for files); the layer's layout has that axis third from last.
+                depth = volume_axis(counts.axes)
+                if depth is None or counts.axes[-3] != depth:
+                    raise PhotongapError(f"a 3D model needs a layer with a Z or T axis just before Y and X, got axes {counts.axes}")
+            units = int(np.prod(counts.counts.shape[:-dims], dtype=np.int64))
+            total = units * model.tiles_per_plane(counts.counts.shape[-dims:], tile)
             done = 0
 
             def progress(finished: int) -> None:
