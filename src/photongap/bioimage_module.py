@@ -3,7 +3,8 @@
 :class:`GapBioimageModule` wraps :class:`~photongap.network.GapUNet` with what
 ``photongap denoise`` does around it, so that a consumer without photongap's tiling (Fiji
 with deepImageJ, bioimageio.core, napari) gets the same answer: padding to the network's size
-multiple, ``softmax(logits) * sum(counts)``, in the photon units of the input. Its
+multiples, ``softmax(logits) * sum(counts)``, in the photon units of the input, for 2D images
+and (a 3D network) volumes alike. Its
 ``pytorch_state_dict`` weights are built from here (the package's architecture imports this
 module); the TorchScript weights are the same module with the network traced. No bioimageio
 import: this must load wherever the weights load.
@@ -25,13 +26,14 @@ can tell padding from data and drop it, seeing the image's edges as photongap do
 
 
 class GapBioimageModule(nn.Module):
-    """``(B, 1, Y, X)`` counts to ``(B, 1, Y, X)`` expected photons: ``softmax(net(x)) * sum(x)`` per window.
+    """``(B, 1, *S)`` counts to ``(B, 1, *S)`` expected photons: ``softmax(net(x)) * sum(x)`` per window.
 
-    Rows and columns at the edges that are all :data:`PAD_VALUE` (negative) are padding: they
-    are cut off before the network runs (their output is 0), so that the image's edges look to
-    the network as they do in ``photongap denoise``, and the softmax and photon total are over
-    the data alone. A whole image padded so gives exactly photongap's answer. A consumer's tile
-    (its core with a halo of its neighbours' pixels) is normalised by the photons of the whole
+    ``S`` is ``(Y, X)`` for a 2D network, ``(Z, Y, X)`` for a 3D one. Planes at the edges of
+    any spatial axis that are all :data:`PAD_VALUE` (negative) are padding: they are cut off
+    before the network runs (their output is 0), so that the image's edges look to the network
+    as they do in ``photongap denoise``, and the softmax and photon total are over the data
+    alone. A whole image padded so gives exactly photongap's answer. A consumer's tile (its
+    core with a halo of its neighbours' pixels) is normalised by the photons of the whole
     window it sees: its core's logits are exact, but its scale ``N_window / sum exp(logits)``
     is an estimate of the image's ``N / sum exp(logits)`` (measured in the package's README).
     Other padding (a consumer that mirrors the image) is taken as data: the edge pixels then
@@ -47,40 +49,50 @@ class GapBioimageModule(nn.Module):
         super().__init__()
         config = from_dict(ModelConfig, dict(model_config), "bioimage package, model_config")
         self.network: nn.Module = GapUNet(config)
-        self.multiple = config.size_multiple
+        self.multiples = list(config.size_multiples)
 
     def _logits(self, counts: torch.Tensor) -> torch.Tensor:
-        """Logits of one ``(1, 1, Y, X)`` window, reflect-padded at the far edges to the size multiple (as photongap pads)."""
-        height, width = counts.shape[-2], counts.shape[-1]
-        pad_y = (self.multiple - height % self.multiple) % self.multiple
-        pad_x = (self.multiple - width % self.multiple) % self.multiple
-        if pad_y > 0 or pad_x > 0:
-            if pad_y < height and pad_x < width:
-                counts = nn.functional.pad(counts, [0, pad_x, 0, pad_y], mode="reflect")
-            else:
-                counts = nn.functional.pad(counts, [0, pad_x, 0, pad_y], mode="replicate")
-        return self.network(counts)[:, :, :height, :width]
+        """Logits of one ``(1, 1, *S)`` window, reflect-padded at the far edges to the size multiples (as photongap pads)."""
+        sizes = counts.shape[2:]
+        pads = [(multiple - size % multiple) % multiple for size, multiple in zip(sizes, self.multiples)]
+        if sum(pads) > 0:
+            reflect = True
+            for pad, size in zip(pads, sizes):
+                reflect = reflect and pad < size
+            # F.pad lists the last axis first: (0, pad_x, 0, pad_y[, 0, pad_z]).
+            widths: list[int] = []
+            for pad in pads[::-1]:
+                widths += [0, pad]
+            counts = nn.functional.pad(counts, widths, mode="reflect" if reflect else "replicate")
+        logits = self.network(counts)
+        for axis, size in enumerate(sizes):
+            logits = logits.narrow(axis + 2, 0, size)
+        return logits
 
-    def _extent(self, padding: torch.Tensor) -> tuple[int, int]:
-        """``(first, stop)`` of the entries of a 1-D padding mask that are data."""
-        data = torch.nonzero(~padding).flatten()
+    def _extent(self, padding: torch.Tensor, axis: int) -> tuple[int, int]:
+        """``(first, stop)`` along spatial ``axis`` of the planes of a ``(1, 1, *S)`` padding mask that hold data."""
+        planes = padding.movedim(axis + 2, 0)
+        data = torch.nonzero(~planes.reshape(planes.shape[0], -1).all(dim=1)).flatten()
         if data.numel() == 0:
             return 0, 0
         return int(data[0]), int(data[-1]) + 1
 
     def _one(self, counts: torch.Tensor) -> torch.Tensor:
         padding = counts < 0
-        top, bottom = self._extent(padding.all(dim=3).flatten())
-        left, right = self._extent(padding.all(dim=2).flatten())
         out = torch.zeros_like(counts, dtype=torch.float32)
-        if bottom <= top or right <= left:
-            return out
-        window = counts[:, :, top:bottom, left:right].float().clamp(min=0.0)
+        window, target = counts, out
+        for axis in range(counts.dim() - 2):
+            first, stop = self._extent(padding, axis)
+            if stop <= first:
+                return out
+            window = window.narrow(axis + 2, first, stop - first)
+            target = target.narrow(axis + 2, first, stop - first)
+        window = window.float().clamp(min=0.0)
         logits = self._logits(window).double()
         # The whole window, halo included: normalising a tile by its core alone was measured
         # 2-4 times further from the whole-image answer (fewer photons fix its scale).
         normaliser = torch.logsumexp(logits.flatten(), dim=0)
-        out[:, :, top:bottom, left:right] = (torch.exp(logits - normaliser) * window.double().sum()).float()
+        target.copy_((torch.exp(logits - normaliser) * window.double().sum()).float())
         return out
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:

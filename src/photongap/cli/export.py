@@ -46,7 +46,7 @@ def export(
     tiling = result.tiling
     console.print(
         f"[green]exported[/] {result.path} in {result.seconds:.0f} s (bioimageio.core {result.versions['bioimageio.core']}, "
-        f"spec {result.versions['bioimageio.spec']}: test passed); halo {result.halo} px"
+        f"spec {result.versions['bioimageio.spec']}: test passed); halo {' x '.join(map(str, result.halo))} px"
         + (f"; tiled in {tiling['block']:.0f} px blocks vs whole: max diff {tiling['max_abs_diff_over_max']:.2%} of max, "
            f"PSNR {tiling['psnr']:.1f} dB" if tiling else ""),
         highlight=False,
