@@ -144,7 +144,7 @@ def test_sampling_warns_outside_the_trained_range_at_both_ends(tiny_model, poiss
 
 
 def test_the_trained_range_of_files_without_it_is_derived_from_the_training_record():
-    from photongap.model import trained_range_from_info
+    from photongap.modelfile import trained_range_from_info
 
     relative = {"training": {"split_mode": "relative", "split_min_psnr": -3.0, "split_max_psnr": -0.2}, "data": {"pseudo_psnr": 0.0}}
     assert trained_range_from_info(relative) == (-3.0, -0.2)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from photongap.physics import dirichlet_predictive, gain_at_level, tweedie_gain_map
+from photongap.posterior import dirichlet_predictive, gain_at_level, tweedie_gain_map
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 

@@ -389,7 +389,7 @@ def test_step_state_probabilities_sum_to_one():
 
 def test_the_dirichlet_step_has_the_mean_and_variance_of_the_dirichlet_multinomial():
     """n photons from Dir(P A) -> Poisson: mean n P_i, variance n P_i (1 + n / A) (for small P_i)."""
-    from photongap.physics import DirichletPredictive
+    from photongap.posterior import DirichletPredictive
     from photongap.sampling import dirichlet_step
 
     draws, n, strength = 6000, 400.0, 200.0
@@ -405,7 +405,7 @@ def test_the_dirichlet_step_has_the_mean_and_variance_of_the_dirichlet_multinomi
 
 
 def test_sample_step_is_the_dirichlet_step_with_strength_s_over_kappa():
-    from photongap.physics import DirichletPredictive
+    from photongap.posterior import DirichletPredictive
     from photongap.sampling import dirichlet_step
 
     draws, n, kappa = 4000, 96.0, 0.5
@@ -464,7 +464,7 @@ def test_the_dirichlet_loop_below_the_trained_top_does_not_thin():
 
 def test_the_final_dirichlet_draw_has_the_posterior_mean_and_spread():
     """q ~ Dir(alpha): mean alpha / A, variance P (1 - P) / (A + 1); "mean" returns alpha / A itself."""
-    from photongap.physics import DirichletPredictive
+    from photongap.posterior import DirichletPredictive
     from photongap.sampling import Prediction, final_estimate
 
     draws, strength = 5000, 50.0

@@ -20,48 +20,19 @@ from torch import nn
 
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, MAX_TILE_VOXELS, ModelConfig, Precision
 from photongap.errors import PhotongapError
-from photongap.modelfile import FORMAT_VERSION, load_model, save_model
+from photongap.modelfile import FORMAT_VERSION, load_model, save_model, trained_range_from_info
 from photongap.network import receptive_radii, receptive_radius
-from photongap.physics import gain_at_level, mmse_from_logits, network_gain, split_counts, thin_to_level, tweedie_gain_map
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
+from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, held_out_gain, spread_gain
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles
 
 LEVEL_TOLERANCE_DB = 3.0
 """How far (dB) sampling may start below or go above the trained range before it warns."""
-GAIN_FRACTIONS = (0.5, 0.7)
-"""Binomial fractions ``q1, q2`` of the held-out splits the posterior gain is measured at (of the sampler's level)."""
-GAIN_REPEATS = 2
-"""Held-out splits per fraction: ``2 * GAIN_REPEATS`` network calls, once per image."""
-GAIN_PROBE_DENSITY = 1 / 16
-"""Share of the pixels given one more photon to map the network's variance (:meth:`GapModel.gain_map`)."""
-GAIN_ERROR_FLOOR_SD = 2.0
-"""The network's error in the gain is taken as at least this many of its standard errors (see :func:`photongap.physics.network_gain`)."""
 GENERATION_TOLERANCE_DB = 10.0
 """Generation starts from single photons, below any trained range; it warns only if the model
 was not trained within this many dB of that start (the published range goes down to -40 dB)."""
-
-
-def trained_range_from_info(info: dict[str, Any]) -> tuple[float, float] | None:
-    """``(low, high)`` pseudo-PSNR in dB of whole training inputs, from a model file's ``info``.
-
-    Splitting only thins photons, so no training input is brighter than its training image:
-    with a relative split range the inputs lie ``split_min_psnr .. min(split_max_psnr, 0)`` dB
-    below each image's level, with an absolute one at ``split_min_psnr .. split_max_psnr``
-    capped by the brightest image. Files written since the trained range was stored carry it
-    as ``info["trained_range"]``; for older ones it is derived from the training record.
-    """
-    stored = info.get("trained_range")
-    if stored is not None:
-        return float(stored[0]), float(stored[1])
-    training, data = info.get("training"), info.get("data")
-    if not training or not data or "pseudo_psnr" not in data:
-        return None
-    low_image, high_image = data.get("min_image_psnr", data["pseudo_psnr"]), data.get("max_image_psnr", data["pseudo_psnr"])
-    if training.get("split_mode") == "relative":
-        return low_image + training["split_min_psnr"], high_image + min(training["split_max_psnr"], 0.0)
-    return training["split_min_psnr"], min(training["split_max_psnr"], high_image)
 
 
 class GapModel:
@@ -256,44 +227,12 @@ class GapModel:
     ) -> float:
         """The network's gain ``g`` on this image, without ground truth: ``2 * repeats`` network calls.
 
-        The gain is wanted at the level the sampler runs the network at: the image's, or the top
-        of the trained range where the image is brighter (``f``, as a fraction of its photons).
-        Measured there directly (``q`` near 1) it is swamped by the noise of the few held-out
-        photons (its relative noise grows as ``q / (1 - q)``), so it is measured at two lower
-        fractions ``q1 < q2`` (``fractions`` times ``f``: ``y ~ Binomial(x, q)``, ``z = x - y``,
-        ``g(q) = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` pooled over the ``repeats``,
-        :func:`photongap.physics.network_gain`) and carried to ``f`` on the power law through
-        them (:func:`photongap.physics.gain_at_level`). The default fractions keep both inside
-        a default-preset model's trained range (its lowest inputs are half the data's photons).
+        Measured on held-out photons at two ``fractions`` of the sampler's level and carried to
+        it (:func:`photongap.sampling.gain.held_out_gain`, where the derivation is).
         """
-        return self._held_out_gain(counts, fractions, repeats, seed, logits, device, precision, tile)[0]
-
-    def _held_out_gain(self, counts, fractions, repeats, seed, logits, device, precision, tile) -> tuple[float, bool]:
-        """:meth:`estimate_gain`, and whether the held-out photons resolved the network's error at both fractions.
-
-        Where they did not, the error was floored at what they can resolve and the gain is a lower bound.
-        """
-        counts = np.asarray(counts, dtype=np.float32)
-        total = float(counts.sum(dtype=np.float64))
-        trained = self.trained_range()
-        level = 1.0
-        if trained is not None and total > 0:
-            level = min(1.0, 10 ** (trained[1] / 10) * counts.size / total)
         device = resolve_device(device)
-        if logits is None:
-            logits = self._sampling_logits_fn(device, precision, None, tile, counts.shape)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        image = torch.from_numpy(counts).to(device)[None, None].expand(repeats, 1, *counts.shape).contiguous()
-        gains, resolved = [], True
-        for fraction in fractions:
-            split = split_counts(image, torch.full((repeats,), fraction * level, device=device), generator)
-            estimate = mmse_from_logits(logits(split.input_counts), split.input_counts.double().flatten(1).sum(dim=1))
-            arguments = (estimate, split.input_counts, split.target_counts, fraction * level)
-            gains.append(float(network_gain(*arguments, error_floor_sd=GAIN_ERROR_FLOOR_SD)))
-            resolved &= bool(network_gain(*arguments) == gains[-1])
-        if not all(math.isfinite(gain) and gain > 0 for gain in gains):
-            raise PhotongapError(f"cannot estimate the posterior gain of an image without photons ({total:g}); pass gain=")
-        return gain_at_level((fractions[0] * level, gains[0]), (fractions[1] * level, gains[1]), level), resolved
+        logits = logits or self._sampling_logits_fn(device, precision, None, tile, np.shape(counts))
+        return held_out_gain(counts, logits, self.trained_range(), fractions=fractions, repeats=repeats, seed=seed, device=device)[0]
 
     def gain_map(
         self,
@@ -309,32 +248,13 @@ class GapModel:
     ) -> tuple[torch.Tensor, float]:
         """The gain ``gain`` spread over the image as the network's own variance is: 2 network calls.
 
-        ``y``: ``counts`` thinned to the trained top where brighter (what the sampler predicts
-        from). The network is run on ``y`` and on ``y`` plus one photon at a random
-        ``GAIN_PROBE_DENSITY`` of the pixels; :func:`photongap.physics.tweedie_gain_map` turns the
-        responses into a map ``g_i``, scaled so that ``sum(mu / g_i) = sum(y) / gain``: the total
-        posterior variance stays the one measured on held-out photons (:meth:`estimate_gain`).
-        With ``at_least`` (the held-out photons could not resolve the network's error, so ``gain``
-        is only a lower bound) the network's own overall gain is used where it is higher: its
-        belief, within what the data allow. Returns the map ``(1, 1, Y, X)`` float64 on ``device``
-        and the overall gain it was scaled to.
+        :func:`photongap.sampling.gain.spread_gain`: the map ``(1, 1, Y, X)`` float64 on
+        ``device``, and the overall gain it was scaled to (with ``at_least``, the network's own
+        where that is higher than ``gain``, a lower bound).
         """
-        counts = np.asarray(counts, dtype=np.float32)
         device = resolve_device(device)
-        if logits is None:
-            logits = self._sampling_logits_fn(device, precision, None, tile, counts.shape)
-        trained = self.trained_range()
-        generator = torch.Generator(device=device).manual_seed(seed)
-        image = torch.from_numpy(counts).to(device)[None, None]
-        if trained is not None:
-            image = thin_to_level(image, 10 ** (trained[1] / 10), generator).thinned
-        probes = (torch.rand(image.shape, generator=generator, device=device) < GAIN_PROBE_DENSITY).float()
-        both = torch.cat([image, image + probes])
-        mean = mmse_from_logits(logits(both), both.double().flatten(1).sum(dim=1)).double()
-        shape = tweedie_gain_map(mean[:1], mean[1:], probes)
-        own = float(image.double().sum()) / float((mean[:1] / shape).sum())
-        used = max(gain, own) if at_least else gain
-        return shape * (used / own), used
+        logits = logits or self._sampling_logits_fn(device, precision, None, tile, np.shape(counts))
+        return spread_gain(counts, gain, logits, self.trained_range(), seed=seed, device=device, at_least=at_least)
 
     def sample(
         self,
@@ -358,7 +278,7 @@ class GapModel:
         By default (``schedule=None``) the Dirichlet sampler, which never runs the network above
         the top ``T`` of its trained range: each step thins the accumulated counts to ``T``,
         predicts from the thinned copy, updates that prediction pixel by pixel with the photons
-        thinned away (:func:`photongap.physics.dirichlet_predictive`, worth ``gain`` photons per
+        thinned away (:func:`photongap.posterior.dirichlet_predictive`, worth ``gain`` photons per
         input photon) and draws the step's photons from it (FAST_SCHEDULE's photon counts). It
         stops 1 dB above ``T`` (one step: 2 network calls from the data level) and each sample is one
         draw of the clean image from the final predictive, scaled to the input's photons.
@@ -438,8 +358,8 @@ class GapModel:
             # Measured on this image, not read from the model file: on the held-out images of one
             # data set the gain ranged from 4 to 20 (benchmarks/bench_sampling.py). Its own seed
             # stream, so that the samples of one seed do not depend on whether it was given.
-            gain, resolved = self._held_out_gain(counts, GAIN_FRACTIONS, GAIN_REPEATS, seed + 1_000_003, network, device, precision, tile)
-            spread, gain = self.gain_map(counts, gain, seed=seed + 1_000_003, logits=network, device=device, at_least=not resolved)
+            gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device)
+            spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved)
             gain_calls = 2 * GAIN_REPEATS + 2
         else:
             spread = float(gain)

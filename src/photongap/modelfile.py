@@ -118,3 +118,24 @@ def _load_package(path: Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], str
     state_dict = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
     config = from_dict(ModelConfig, stored.get("model_config"), f"{path}, model_config")
     return _network(path, config, state_dict), config, dict(stored.get("info") or {}), str(stored.get("photongap_version", "unknown"))
+
+
+def trained_range_from_info(info: dict[str, Any]) -> tuple[float, float] | None:
+    """``(low, high)`` pseudo-PSNR in dB of whole training inputs, from a model file's ``info``.
+
+    Splitting only thins photons, so no training input is brighter than its training image:
+    with a relative split range the inputs lie ``split_min_psnr .. min(split_max_psnr, 0)`` dB
+    below each image's level, with an absolute one at ``split_min_psnr .. split_max_psnr``
+    capped by the brightest image. Files written since the trained range was stored carry it
+    as ``info["trained_range"]``; for older ones it is derived from the training record.
+    """
+    stored = info.get("trained_range")
+    if stored is not None:
+        return float(stored[0]), float(stored[1])
+    training, data = info.get("training"), info.get("data")
+    if not training or not data or "pseudo_psnr" not in data:
+        return None
+    low_image, high_image = data.get("min_image_psnr", data["pseudo_psnr"]), data.get("max_image_psnr", data["pseudo_psnr"])
+    if training.get("split_mode") == "relative":
+        return low_image + training["split_min_psnr"], high_image + min(training["split_max_psnr"], 0.0)
+    return training["split_min_psnr"], min(training["split_max_psnr"], high_image)

@@ -5,7 +5,7 @@ data, and above that level its predictions degrade (from 5-30 times the level th
 than the raw counts). :func:`predict` therefore never runs it there: it thins the accumulated
 counts back to the top of the trained range, predicts from the thinned copy, and puts the
 photons thinned away back in as a pixel-wise Dirichlet update
-(:func:`photongap.physics.dirichlet_predictive`).
+(:func:`photongap.posterior.dirichlet_predictive`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from photongap.errors import PhotongapError
-from photongap.physics import DirichletPredictive, dirichlet_predictive, thin_to_level
+from photongap.posterior import DirichletPredictive, dirichlet_predictive, thin_to_level
 from photongap.runtime import LogitsFn
 
 
@@ -28,9 +28,9 @@ class DirichletPosterior:
     Attributes
     ----------
     gain : float or torch.Tensor
-        ``g`` of :func:`photongap.physics.network_gain`: the prediction from ``y`` counts as
+        ``g`` of :func:`photongap.posterior.network_gain`: the prediction from ``y`` counts as
         ``g * sum(y)`` photons of evidence; or a map ``(1, 1, Y, X)`` of it over the image
-        (:func:`photongap.physics.tweedie_gain_map`, every sample of the batch of one image).
+        (:func:`photongap.posterior.tweedie_gain_map`, every sample of the batch of one image).
     trained_top : float or None
         Pseudo-PSNR (dB) of the brightest inputs the network was trained on; the network is
         run on a copy thinned to it whenever the counts are brighter. None: never thin.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from photongap.physics import DirichletPredictive, mmse_from_logits
+from photongap.physics import mmse_from_logits
+from photongap.posterior import DirichletPredictive
 
 
 def draw_photons(counts: torch.Tensor, rates: torch.Tensor, excess: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -100,7 +101,7 @@ def dirichlet_step(
     ----------
     predictive : DirichletPredictive
         ``probabilities`` ``(B, 1, Y, X)`` and ``strength`` ``A`` ``(B,)`` from
-        :func:`photongap.physics.dirichlet_predictive`.
+        :func:`photongap.posterior.dirichlet_predictive`.
     counts : torch.Tensor
         ``(B, 1, Y, X)`` photons so far.
     photons_to_add : torch.Tensor

@@ -1,0 +1,253 @@
+"""The posterior's physics: thinning to a level, the Dirichlet predictive, and what a network is worth in photons.
+
+Small pure functions, as in :mod:`photongap.physics` (which they build on): the sampler's
+prediction from a network that has only seen dimmer data (:func:`thin_to_level`,
+:func:`dirichlet_predictive`) and the estimators of its gain ``g``, the photons of evidence one
+input photon is worth to it: on held-out photons (:func:`network_gain`, carried between
+levels by :func:`gain_at_level`) and spread over the image by its own response to added
+photons (:func:`tweedie_gain_map`). Shapes as in :mod:`photongap.physics`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from photongap.physics import held_out_squared_error, mmse_from_logits, split_counts
+
+
+class ThinnedCounts(NamedTuple):
+    """Counts thinned to a level, and the photons thinned away: ``thinned + removed == counts``."""
+
+    thinned: torch.Tensor
+    removed: torch.Tensor
+
+
+def thin_to_level(counts: torch.Tensor, photons_per_pixel: float | torch.Tensor, generator: torch.Generator | None = None) -> ThinnedCounts:
+    """Thin each image to ``photons_per_pixel``: ``thinned ~ Binomial(counts, min(1, level / mean(counts)))``.
+
+    By Poisson thinning the result is a genuine Poisson image of the same clean image at the
+    lower level, e.g. one a network has been trained on. Images already at or below the
+    level are returned unchanged (``removed`` is zero there). Built on :func:`split_counts`.
+
+    Parameters
+    ----------
+    counts : torch.Tensor
+        ``(B, C, Y, X)`` non-negative integer-valued counts.
+    photons_per_pixel : float or torch.Tensor
+        The level to thin to (one for all images, or ``(B,)``).
+    generator : torch.Generator, optional
+        Source of randomness, on the device of ``counts``.
+
+    Examples
+    --------
+    >>> counts = torch.full((1, 1, 8, 8), 10.0)
+    >>> thinned, removed = thin_to_level(counts, 1.0, torch.Generator().manual_seed(0))
+    >>> bool((thinned + removed == counts).all())
+    True
+    """
+    batch = counts.shape[0]
+    level = torch.as_tensor(photons_per_pixel, dtype=torch.float64, device=counts.device).reshape(-1).expand(batch)
+    mean = counts.double().reshape(batch, -1).mean(dim=1)
+    fraction = (level / mean.clamp_min(torch.finfo(torch.float64).tiny)).clamp(max=1.0)
+    split = split_counts(counts, fraction, generator)
+    keep = (fraction >= 1.0).reshape(-1, *([1] * (counts.dim() - 1)))
+    thinned = torch.where(keep, counts, split.input_counts)
+    return ThinnedCounts(thinned, counts - thinned)
+
+
+class DirichletPredictive(NamedTuple):
+    """Where the next photons land, ``probabilities`` ``(B, C, Y, X)``, and how sure that is: ``strength``.
+
+    The clean image (normalised) is ``Dirichlet(probabilities * strength)`` for a ``strength``
+    ``A`` of shape ``(B,)``: concentration ``alpha = probabilities * strength``, each pixel's
+    variance ``P_i (1 - P_i) / (A + 1)``. A ``strength`` map ``(B, C, Y, X)`` (a gain that varies
+    over the image) generalises it: independent ``Gamma(alpha_i) / A_i`` normalised to one, each
+    pixel of relative variance ``1 / alpha_i``; a constant map is the Dirichlet.
+    """
+
+    probabilities: torch.Tensor
+    strength: torch.Tensor
+
+    @property
+    def concentration(self) -> torch.Tensor:
+        """``alpha = probabilities * strength``, ``(B, C, Y, X)`` float64."""
+        return self.probabilities.double() * self.per_pixel_strength
+
+    @property
+    def per_pixel_strength(self) -> torch.Tensor:
+        """``A_i``: ``strength`` broadcast to ``(B, C, Y, X)`` (or ``(B, 1, 1, 1)``), float64."""
+        strength = self.strength.double()
+        if strength.dim() == 1:
+            strength = strength.reshape(-1, *([1] * (self.probabilities.dim() - 1)))
+        return strength
+
+
+def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: torch.Tensor, gain: float | torch.Tensor) -> DirichletPredictive:
+    """The network's prediction from ``thinned`` counts, updated pixel by pixel by the ``removed`` photons.
+
+    ``alpha = g * sum(y) * softmax(logits) + z``, ``A = g * sum(y) + sum(z)``, ``P = alpha / A``
+
+    (``y``: thinned, ``z``: removed). Why: the prediction ``m = softmax(net(y))`` is read as a
+    Dirichlet prior ``Dir(c m)`` on the normalised clean image ``q``. Its variance in the photon
+    units of ``y`` is about ``mu_i / g`` with ``mu = m sum(y)`` and ``c = g sum(y)``: the network is
+    worth ``g`` photons per input photon (``g = 1``: a pixel's own photons only, the Polya urn;
+    see :func:`network_gain`). Given ``q`` the removed photons ``z`` are multinomial (Poisson
+    thinning makes them independent of ``y``), so conjugacy gives the posterior
+    ``Dir(c m + z)``; its mean ``P`` is the predictive of the next photon and its strength ``A``
+    sets the spread of a step (:func:`photongap.sampling.dirichlet_step`).
+
+    A gain map ``g_i`` (:func:`tweedie_gain_map`) makes the prior of each pixel's clean value
+    ``Gamma(g_i mu_i, rate g_i)`` (mean ``mu_i``, variance ``mu_i / g_i``); the removed photons,
+    ``Poisson(r lambda_i)`` with ``r = sum(z) / sum(y)``, update it to ``Gamma(alpha_i, g_i + r)``,
+    ``alpha_i = g_i mu_i + z_i``. ``P`` is its mean normalised, ``A_i = alpha_i / P_i`` per pixel;
+    a constant ``g`` gives the formulas above.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, Y, X)`` the network's logits for ``thinned``.
+    thinned, removed : torch.Tensor
+        ``(B, C, Y, X)`` from :func:`thin_to_level` (``removed`` may be all zero).
+    gain : float or torch.Tensor
+        ``g > 0``: one for all images, ``(B,)``, or a map ``(B or 1, C, Y, X)``.
+
+    Returns
+    -------
+    DirichletPredictive
+        ``probabilities`` float32 summing to 1 per image, ``strength`` float64 ``(B,)`` (a map
+        ``(B, C, Y, X)`` for a gain map).
+    """
+    batch = logits.shape[0]
+    tiny = torch.finfo(torch.float64).tiny
+    shape = (batch, *([1] * (logits.dim() - 1)))
+    gain = torch.as_tensor(gain, dtype=torch.float64, device=logits.device)
+    photons_y = thinned.double().reshape(batch, -1).sum(dim=1)
+    photons_z = removed.double().reshape(batch, -1).sum(dim=1)
+    if gain.dim() == logits.dim():
+        mu = mmse_from_logits(logits, photons_y).double()
+        rate = gain + (photons_z / photons_y.clamp_min(tiny)).reshape(shape)
+        mean = (gain * mu + removed.double()) / rate
+        total = mean.reshape(batch, -1).sum(dim=1).clamp_min(tiny).reshape(shape)
+        return DirichletPredictive((mean / total).float(), rate * total)
+    gain = gain.reshape(-1).expand(batch)
+    prior = gain * photons_y
+    alpha = mmse_from_logits(logits, prior).double() + removed.double()
+    strength = prior + photons_z
+    probabilities = alpha / strength.clamp_min(tiny).reshape(shape)
+    return DirichletPredictive(probabilities.float(), strength)
+
+
+def tweedie_gain_map(mean: torch.Tensor, probed: torch.Tensor, probes: torch.Tensor, window: int = 15) -> torch.Tensor:
+    """Where the network is surer and where less: a local gain from its response to added photons.
+
+    For Poisson counts ``y`` and any prior, Robbins' identity gives the posterior variance of each
+    pixel from the posterior mean alone: ``Var[lambda_i | y] = mu_i(y) (mu_i(y + e_i) - mu_i(y))``,
+    ``e_i`` one more photon at pixel ``i``. So the network's own MMSE, run once more on ``y`` plus
+    one photon at each of a sparse random set of ``probes``, says how its variance is spread over
+    the image: the response ``d_i`` at a probe, less the response around it from the other
+    probes (the mean over the unprobed pixels of its 7 x 7 neighbourhood), and
+    ``g_i = sum_w mu / sum_w mu d`` over the probes in a ``window`` around ``i``. Windows with
+    little signal are drawn to the image's overall ratio (a tenth of a typical window's weight).
+    Only the shape is meant: the network's error beyond its own belief (a misfit to the data) is
+    invisible to it, and the probe's own spread leaks into the ring it is compared with (for box
+    smoothers of 3 x 3 and 9 x 9 pixels both gains read about 1.5 times high), so the caller
+    scales the map to a gain measured on held-out photons.
+
+    Parameters
+    ----------
+    mean : torch.Tensor
+        ``(B, 1, Y, X)`` ``mu(y)`` in photons of ``y``.
+    probed : torch.Tensor
+        ``(B, 1, Y, X)`` ``mu(y + probes)`` in photons of ``y + probes``.
+    probes : torch.Tensor
+        ``(B, 1, Y, X)`` 0/1, the pixels given one more photon.
+    window : int
+        Odd side of the pooling window.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, Y, X)`` float64, positive.
+    """
+    mean, probes = mean.double(), probes.double()
+    response = probed.double() - mean
+
+    def box(image: torch.Tensor, side: int) -> torch.Tensor:
+        padded = torch.nn.functional.pad(image, (side // 2,) * 4, mode="replicate")
+        return torch.nn.functional.avg_pool2d(padded, side, stride=1)
+
+    around = box(response * (1 - probes), 7) / box(1 - probes, 7).clamp_min(1e-12)
+    delta = ((response - around) * probes).clamp_min(0)
+    weight, spread = box(mean * probes, window), box(mean * delta, window)
+    overall = weight.sum(dim=(1, 2, 3), keepdim=True) / spread.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-300)
+    floor = 0.1 * weight.mean(dim=(1, 2, 3), keepdim=True)
+    return (weight + floor) / (spread + floor / overall)
+
+
+def network_gain(estimate: torch.Tensor, thinned: torch.Tensor, held_out: torch.Tensor, fraction: float, error_floor_sd: float = 0.0) -> torch.Tensor:
+    """Photons the network is worth per input photon: ``g = sum(y) / sum_i (lambda_y,i - mu_i)**2``, no ground truth.
+
+    ``g = sum(y) / (q**2 * held_out_squared_error(mu, z, q))`` for ``y ~ Binomial(x, q)``,
+    ``z = x - y`` and ``mu`` the MMSE of ``y`` (photon units of ``y``): Poisson variance over the
+    network's squared error, both at the level of ``y``. (:func:`held_out_squared_error`
+    estimates ``sum (lambda - mu/q)**2`` in the units of ``x``; times ``q**2`` it is in those of
+    ``y``, equal to ``sum[(z - r mu)**2 - z] / r**2`` with ``r = (1 - q) / q``.) The batch is
+    pooled: total photons over total error, since a single image's error estimate is noisy
+    and can be negative. ``g = 1`` is a denoiser that uses each pixel's own photons only.
+
+    The error's standard error ``se`` follows from the spread of its per-pixel terms (taken as
+    independent); with ``error_floor_sd = k > 0`` the error used is ``max(error, k se)``: never
+    below what the held-out photons can resolve, so that an error lost in their noise gives
+    the largest ``g`` the data allow rather than an infinite or negative one. (Its relative
+    noise is about ``g q / (1 - q) sqrt(2 / pixels)``: 100% for ``g = 20`` at ``q = 0.9`` on
+    256 x 256 pixels.)
+
+    Parameters
+    ----------
+    estimate : torch.Tensor
+        ``(B, ...)`` MMSE of ``thinned``, in its photon units.
+    thinned, held_out : torch.Tensor
+        ``(B, ...)`` the split ``y`` and ``z``.
+    fraction : float
+        ``q`` in (0, 1).
+    error_floor_sd : float
+        ``k`` above (0: the plain ratio).
+
+    Returns
+    -------
+    torch.Tensor
+        A float64 scalar; without a floor, infinite or negative when the error is too small
+        to resolve.
+    """
+    # One "image" per pixel: held_out_squared_error then returns each pixel's term.
+    terms = fraction**2 * held_out_squared_error(estimate.reshape(-1, 1), held_out.reshape(-1, 1), fraction)
+    error = terms.sum()
+    if error_floor_sd > 0:
+        error = torch.maximum(error, error_floor_sd * terms.std() * math.sqrt(terms.numel()))
+    return thinned.double().sum() / error
+
+
+def gain_at_level(low: tuple[float, float], high: tuple[float, float], level: float) -> float:
+    """The gain at ``level`` from gains measured at two lower levels, on the power law through them.
+
+    ``low = (q1, g1)`` and ``high = (q2, g2)`` with ``q1 < q2`` (levels as fractions of the image's
+    photons, gains of :func:`network_gain`). ``g`` falls with the level as ``g ~ q**-a``: ``g = S / err``
+    with ``S ~ q`` and the network's error ``err ~ q**b`` in photons**2 of the input; ``b`` lies in
+    [0, 1] (``b < 0``: a brighter input would make a worse estimate; ``b > 1``: the gain would fall
+    below the pixel-wise ``g = 1`` as the level grows), so ``a = 1 - b`` is clipped to [0, 1]:
+    the clip bounds what two noisy gains can do to the extrapolation (at most a factor
+    ``level / q2`` from ``g2``).
+
+    Examples
+    --------
+    >>> round(gain_at_level((0.5, 20.0), (0.7, 16.0), 1.0), 2)  # a = 0.663
+    12.63
+    """
+    (q1, g1), (q2, g2) = low, high
+    if not (0 < q1 < q2 and g1 > 0 and g2 > 0 and level > 0):
+        raise ValueError(f"gain_at_level needs 0 < q1 < q2 and positive gains, got {low}, {high}")
+    slope = min(max(math.log(g1 / g2) / math.log(q2 / q1), 0.0), 1.0)
+    return g2 * (level / q2) ** -slope
