@@ -10,7 +10,9 @@ kept in bench-output/models/ and reused. Then:
 - the held-out volume, padded with -1 planes up to the package's smallest depth (the 16 planes
   are thinner than that), through bioimageio.core whole, against ``photongap denoise`` in fp32
   and in ``auto`` precision (bf16 where the CPU has it): largest difference over the maximum;
-- the same tiled by bioimageio.core in Y and X (blocks of ``min + --blocks * step`` px, Z whole)
+- the same tiled by bioimageio.core in Y and X (blocks of ``min + --blocks * step`` px; Z in
+  blocks of its padded depth, which bioimageio.core runs in cores of one step, each window
+  seeing the whole depth: the same answer, repeated work)
   against the whole: largest difference over the maximum and PSNR between them.
 
     .venv/bin/python benchmarks/bench_export.py --minutes 4 --threads 2
@@ -97,6 +99,8 @@ def main() -> None:
 
     descr = load_description(package)
     tensor = descr.inputs[0]
+    # z: n = 0, a block of the padded depth. bioimageio.core still cuts it into cores of one step, but each
+    # block's window is the whole depth: only Y and X change what a block sees.
     blocks = {(tensor.id, axis.id): (0 if axis.id == "z" else args.blocks) for axis in tensor.axes if hasattr(axis.size, "step")}
     started = time.monotonic()
     tiled = predict(package, padded, blocks)[:planes]

@@ -165,23 +165,28 @@ def _first_error(summary: Any) -> str:
     return f"status {summary.status}"
 
 
-def block_parameters(descr: Any, shape: tuple[int, ...], blocks: int = DEFAULT_BLOCKS) -> dict[tuple[Any, Any], int]:
-    """bioimageio.core's block size parameter ``n`` per spatial axis (blocks of ``min + n * step``) for tiling an image of ``shape``.
+def block_parameters(descr: Any, shape: tuple[int, ...], blocks: int = DEFAULT_BLOCKS) -> tuple[dict[tuple[Any, Any], int], list[bool]]:
+    """bioimageio.core's block size parameter ``n`` per spatial axis for tiling an image of ``shape``, and which axes it cuts.
 
-    At most ``blocks``, and one step short of the whole axis, so that an axis longer than the
-    smallest block is cut in at least two; an axis no longer than that (``n = 0``) is one block.
+    bioimageio.core's block of ``min + n * step`` is a window (it may not exceed the image): its
+    core, without the halo on each side, is ``step * (n + 1)``, and each axis is cut into cores.
+    An axis longer than the smallest input is cut, with ``n`` at most ``blocks`` and one step
+    short of the whole axis. An axis of the smallest size gets ``n = 0``: bioimageio.core still
+    runs it in cores of one step, but every window spans the whole axis, so it changes nothing
+    there but the work.
     """
     tensor = descr.inputs[0]
     space = [axis for axis in tensor.axes if hasattr(axis.size, "step")]
-    parameters = {}
+    parameters, cut = {}, []
     for axis, size in zip(space, shape):
         steps = (size - axis.size.min) // axis.size.step
+        cut.append(steps >= 1)
         parameters[(tensor.id, axis.id)] = max(0, min(blocks, steps - 1))
-    return parameters
+    return parameters, cut
 
 
 def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOCKS) -> dict[str, float] | None:
-    """bioimageio.core's prediction of ``counts`` whole and in blocks of ``min + n * step`` per axis, compared.
+    """bioimageio.core's prediction of ``counts`` whole and in blocks of ``min + n * step`` per axis (:func:`block_parameters`), compared.
 
     Returns the image's and a block's smallest side and a core's (block less two halos), the
     largest absolute difference over the whole-image maximum, and the PSNR of the tiled result
@@ -190,11 +195,10 @@ def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOC
     from bioimageio.core import create_prediction_pipeline, load_description, predict
 
     descr = load_description(package)
-    parameters = block_parameters(descr, counts.shape, blocks)
+    parameters, cut = block_parameters(descr, counts.shape, blocks)
     space = [axis for axis in descr.inputs[0].axes if hasattr(axis.size, "step")]
     halos = [axis.halo for axis in descr.outputs[0].axes if hasattr(axis, "halo")]
     block = [axis.size.min + parameters[(descr.inputs[0].id, axis.id)] * axis.size.step for axis in space]
-    cut = [side < size for side, size in zip(block, counts.shape)]
     if not any(cut):
         return None
     image = counts[None, None].astype(np.float32)
