@@ -24,6 +24,8 @@ GAP_DOI = "10.48550/arXiv.2307.06607"
 GAP_URL = "https://arxiv.org/abs/2307.06607"
 TEST_SIDE = 256
 """Side of the embedded test images; a test tensor is this size where the network allows."""
+COVER_HEIGHT = 256
+"""Covers smaller than this (a 3D sample's 96 px planes) are enlarged by whole pixels."""
 
 
 def test_level(info: dict[str, Any], trained: tuple[float, float] | None) -> float:
@@ -66,7 +68,8 @@ def write_cover(noisy: np.ndarray, denoised: np.ndarray, path: Path) -> None:
     top = float(np.percentile(denoised, 99.5)) or 1.0
     panels = [np.clip(image / top, 0.0, 1.0) for image in (noisy, denoised)]
     pixels = (np.concatenate(panels, axis=1) * 255).round().astype(np.uint8)
-    Image.fromarray(pixels, mode="L").save(path)
+    zoom = -(-COVER_HEIGHT // pixels.shape[0])  # whole pixels, at least COVER_HEIGHT high
+    Image.fromarray(pixels, mode="L").resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST).save(path)
 
 
 def _per_axis(values: tuple[int, ...]) -> str:
