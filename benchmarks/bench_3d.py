@@ -19,7 +19,12 @@ denoising it plane by plane, the 3D model as one volume.
 ``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
 network, fp32 and bf16, one torch thread, median of a few repeats.
 
+``peers``: CAREamics' Noise2Void with 3D patches (axes ZYX, the time-lapse's frames as Z; 16 x 32
+x 32 patches in batches of 4 for the z-stack, 8 x 32 x 32 in batches of 8 for the time-lapse) for the
+same minutes on the same volumes, one thread, in the peers' environment (``make bench-peers``).
+
     .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4
+    .venv/bin/python benchmarks/bench_3d.py peers --minutes 10 --snapshot 4
     .venv/bin/python benchmarks/bench_3d.py throughput
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,6 +151,36 @@ def quality(args: argparse.Namespace) -> None:
     report("bench_3d", results)
 
 
+N2V_PATCHES = {"nuclei": ([16, 32, 32], 4), "timelapse": ([8, 32, 32], 8)}
+"""CAREamics' 3D patches (sides powers of two) and batch: 65,536 voxels a step, as photongap's 3D patches about are,
+in batches of at least 4 (its U-Net has batch normalisation)."""
+
+
+def peers(args: argparse.Namespace) -> None:
+    """CAREamics' Noise2Void with 3D patches (axes ZYX, a time-lapse's frames as Z) for the same minutes, one thread, in .peers-venv."""
+    root = Path(__file__).resolve().parents[1]
+    python = root / ".peers-venv" / "bin" / "python"
+    if not python.exists():
+        sys.exit("the peers' environment is missing: run `make bench-peers` (it builds .peers-venv)")
+    results = {}
+    for name in args.data:
+        for level in args.level:
+            train_volume, test_volume, clean = split(name, level)
+            work = OUTPUT / "peers"
+            work.mkdir(parents=True, exist_ok=True)
+            arrays, predictions = work / f"data3d_{name}_{level:g}.npz", work / f"n2v3d_{name}_{level:g}.npz"
+            np.savez(arrays, train_00=train_volume, test_00=test_volume)
+            patch, batch = N2V_PATCHES[name]
+            command = [str(python), str(root / "benchmarks" / "peers" / "n2v_curve.py"), str(arrays), str(predictions), "--axes", "ZYX",
+                       "--patch-size", *map(str, patch), "--batch-size", str(batch), "--minutes", str(args.snapshot), str(args.minutes)]
+            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+            saved = np.load(predictions)
+            points = [{**point, "psnr": round(psnr(clean, saved[f"pred_{index}_0"]), 2)} for index, point in enumerate(json.loads(str(saved["points"])))]
+            results[f"{name}_{level:g}ppx"] = {"patch": patch, "batch": batch, "points": points, "noisy_psnr": round(psnr(clean, test_volume), 2)}
+            print(json.dumps({name: level, "n2v_3d": points}), flush=True)
+    report("bench_3d_peers_" + "_".join(args.data), results)
+
+
 def throughput(args: argparse.Namespace) -> None:
     """Training patches/s and denoising Mvoxels/s, fp32 and bf16, 2D and 3D default networks, one thread."""
     torch.set_num_threads(1)
@@ -198,6 +234,11 @@ def main() -> None:
     worker = commands.add_parser("worker")
     for field, kind in (("name", str), ("level", float), ("dims", int), ("minutes", float), ("snapshot", float)):
         worker.add_argument(field, type=kind)
+    peer = commands.add_parser("peers")
+    peer.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
+    peer.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
+    peer.add_argument("--minutes", type=float, default=10.0)
+    peer.add_argument("--snapshot", type=float, default=4.0)
     speed = commands.add_parser("throughput")
     speed.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -205,6 +246,8 @@ def main() -> None:
         print(json.dumps(quality_worker(args.name, args.level, args.dims, args.minutes, args.snapshot)), flush=True)
     elif args.command == "quality":
         quality(args)
+    elif args.command == "peers":
+        peers(args)
     else:
         throughput(args)
 

@@ -3,11 +3,13 @@
 Runs in the peers' virtual environment (`make bench-peers` builds it), not in photongap's.
 Reads the noisy training images and the noisy test images from an ``.npz`` written by
 ``benchmarks/bench_peers.py``, trains with batch 16 and 64 px patches (as photongap's
-benchmarks do), and saves a checkpoint at each evaluation time. Evaluation is done
+benchmarks do), and saves a checkpoint at each evaluation time. With ``--axes ZYX`` the arrays
+are volumes (a time-lapse given as Z, ``benchmarks/bench_3d.py``) and the patches 3D, of
+``--patch-size D Y X`` in batches of ``--batch-size``. Evaluation is done
 after training, so it costs the training clock nothing. Writes the test predictions at each
 time to an ``.npz``; PSNR is computed by photongap's own code in bench_peers.py.
 
-    .peers-venv/bin/python benchmarks/peers/n2v_curve.py DATA.npz OUT.npz --minutes 1 2 5
+    .peers-venv/bin/python benchmarks/peers/n2v_curve.py DATA.npz OUT.npz --minutes 1 2 5 [--axes ZYX --patch-size 8 48 48 --batch-size 4]
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def main() -> None:
     parser.add_argument("out", help=".npz to write the predictions to")
     parser.add_argument("--minutes", type=float, nargs="+", required=True)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--axes", default="YX", choices=["YX", "ZYX"])
+    parser.add_argument("--patch-size", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
     from careamics import CAREamist
@@ -64,7 +69,7 @@ def main() -> None:
     train = [data[k].astype(np.float32) for k in sorted(data.files) if k.startswith("train_")]
     test = [data[k].astype(np.float32) for k in sorted(data.files) if k.startswith("test_")]
     config = create_n2v_config(
-        experiment_name="n2v_peer", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16, num_epochs=100_000
+        experiment_name="n2v_peer", data_type="array", axes=args.axes, patch_size=args.patch_size, batch_size=args.batch_size, num_epochs=100_000
     )
     config.data_config.seed = args.seed
     work = Path(str(args.out) + ".work")
@@ -80,7 +85,7 @@ def main() -> None:
     points = []
     for index, (minutes, step, checkpoint) in enumerate(snapshots.snapshots):
         for i, image in enumerate(test):
-            predictions, _ = careamist.predict(image, data_type="array", axes="YX", checkpoint=checkpoint)
+            predictions, _ = careamist.predict(image, data_type="array", axes=args.axes, checkpoint=checkpoint)
             results[f"pred_{index}_{i}"] = np.squeeze(np.asarray(predictions[0]))
         points.append({"minutes": round(minutes, 3), "step": step})
     np.savez(args.out, points=json.dumps(points), **results)
