@@ -85,3 +85,31 @@ def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path
     assert result.exit_code == 0, result.output
     assert "check cell.tif: the samples' central 80% would hold" in result.output
     assert "2 network calls each" in result.output  # 0 dB -> 0.8 dB: one step and the final draw
+
+
+def test_the_check_of_a_volume_is_the_check_of_its_voxels():
+    samples, held_out, p = gamma_toy(3)  # 96 x 96 pixels: 4 planes of 48 x 48 as a volume
+    volume = spread_skill(samples.reshape(len(samples), 4, 48, 48), held_out.reshape(4, 48, 48), p)
+    assert volume == spread_skill(samples, held_out, p)
+    with pytest.raises(PhotongapError, match="held-out image of their shape"):
+        spread_skill(samples.reshape(len(samples), 4, 48, 48), held_out, p)
+
+
+def test_the_sample_command_checks_a_3d_model_volume_by_volume(tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from photongap.cli import app
+    from photongap.config import ModelConfig
+    from photongap.model import GapModel
+    from photongap.network import GapUNet
+
+    config = ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=1)
+    GapModel(GapUNet(config), config, {"trained_range": [-3.0, -0.2]}).save(tmp_path / "model.pt")
+    counts = np.random.default_rng(0).poisson(1.0, (2, 6, 24, 24)).astype(np.float32)  # two time points of a z-stack
+    tifffile.imwrite(tmp_path / "stack.tif", counts, imagej=True, metadata={"axes": "TZYX"})
+    result = CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "stack.tif"), "-o", str(tmp_path / "out"), "-n", "4",
+                                      "--posterior-gain", "4", "--device", "cpu", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "check stack.tif volume (0,): the samples' central 80% would hold" in result.output
+    assert "check stack.tif volume (1,):" in result.output

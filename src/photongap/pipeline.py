@@ -63,7 +63,7 @@ def training_volumes(paths: Sequence[Path], axes: str | None, camera: Camera) ->
     return volumes, names
 
 
-def _units(model: GapModel, image: Image) -> list[tuple[tuple[Any, ...], Any]]:
+def units_of(model: GapModel, image: Image) -> list[tuple[tuple[Any, ...], Any]]:
     """What :meth:`GapModel.denoise` takes one at a time: the planes, or for a 3D model the volumes (checked first)."""
     if model.config.dims == 2:
         return list(iter_planes(image))
@@ -75,7 +75,7 @@ def _units(model: GapModel, image: Image) -> list[tuple[tuple[Any, ...], Any]]:
 def total_tiles(model: GapModel, images: Sequence[Image], tile: int | None, overlap: int) -> int:
     """Tiles that denoising these images takes (for a progress bar)."""
     if model.config.dims == 3:
-        return sum(model.tiles_per_plane(tuple(volume.shape), tile, overlap) for image in images for _, volume in _units(model, image))
+        return sum(model.tiles_per_plane(tuple(volume.shape), tile, overlap) for image in images for _, volume in units_of(model, image))
     return sum(int(np.prod(image.plane_shape[:-2], dtype=np.int64)) * model.tiles_per_plane(image.plane_shape[-2:], tile, overlap) for image in images)
 
 
@@ -109,7 +109,7 @@ def denoise_file(
     Zarr inputs and outputs.
     """
     camera.check_units(output_units)
-    units = _units(model, image)  # a 3D model's bad input fails here, before anything is written
+    units = units_of(model, image)  # a 3D model's bad input fails here, before anything is written
     description = denoise_description(camera, output_units)
     if model.config.dims == 3:
         description += f", 3D: volumes along {volume_axis(image.axes)}"
@@ -163,7 +163,7 @@ def sample_file(
     mean = np.empty(shape, dtype=np.float32)
     std = np.empty(shape, dtype=np.float32)
     calls = 0
-    for index, plane in _units(model, image):
+    for index, plane in units_of(model, image):
         if on_plane is not None:
             on_plane(index)
         posterior: PosteriorSamples = model.sample(CountsView(plane, camera, plane_name(image, index))[(slice(None),) * plane.ndim], n, **sample_options)

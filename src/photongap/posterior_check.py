@@ -98,9 +98,9 @@ def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, 
     Parameters
     ----------
     samples : np.ndarray
-        ``(n, Y, X)`` posterior samples given ``a`` (photon units of ``a``), ``n >= 4``.
+        ``(n, Y, X)`` (or ``(n, D, Y, X)``) posterior samples given ``a`` (photon units of ``a``), ``n >= 4``.
     held_out : np.ndarray
-        ``(Y, X)`` the held-out counts ``b = x - a``.
+        ``(Y, X)`` (or ``(D, Y, X)``) the held-out counts ``b = x - a``.
     fraction : float
         ``p`` in (0, 1).
 
@@ -109,8 +109,8 @@ def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, 
     CalibrationCheck
     """
     samples = np.asarray(samples, dtype=np.float64)
-    if samples.ndim != 3 or samples.shape[0] < 4 or samples.shape[1:] != np.shape(held_out):
-        raise PhotongapError(f"spread_skill needs (n >= 4, Y, X) samples and a (Y, X) held-out image, got {samples.shape} and {np.shape(held_out)}")
+    if samples.ndim not in (3, 4) or samples.shape[0] < 4 or samples.shape[1:] != np.shape(held_out):
+        raise PhotongapError(f"spread_skill needs (n >= 4, [D,] Y, X) samples and a held-out image of their shape, got {samples.shape} and {np.shape(held_out)}")
     if not 0 < fraction < 1:
         raise PhotongapError(f"the check's fraction must lie in (0, 1), got {fraction}")
     n = samples.shape[0]
@@ -142,8 +142,9 @@ def check_calibration(model: GapModel, counts: np.ndarray, n: int = 16, *, fract
     >>> check.implied_coverage  # about 0.8 if the samples' spread is right  # doctest: +SKIP
     """
     counts = np.asarray(counts, dtype=np.float32)
-    if counts.ndim != 2:
-        raise PhotongapError(f"check_calibration takes one 2D image, got shape {counts.shape}")
+    if counts.ndim != model.config.dims:
+        kind = "2D image" if model.config.dims == 2 else "(D, Y, X) volume (a 3D model)"
+        raise PhotongapError(f"check_calibration takes one {kind}, got shape {counts.shape}")
     if n < 4:
         raise PhotongapError("the calibration check needs at least 4 samples")
     generator = torch.Generator().manual_seed(seed)

@@ -181,12 +181,12 @@ def sample(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Diversity denoising: posterior samples, their mean and per-pixel std (NAME_samples/_mean/_std.tif),
-    in the photon units of the input. Stacks are sampled plane by plane."""
+    in the photon units of the input. Stacks are sampled plane by plane (volume by volume with a 3D model)."""
     from photongap.camera import CountsView
-    from photongap.io import check_new_outputs, find_images, iter_planes, output_paths
+    from photongap.io import check_new_outputs, find_images, output_paths
     from photongap.model import load
     from photongap.movie import MovieRecorder
-    from photongap.pipeline import read_images, sample_file
+    from photongap.pipeline import read_images, sample_file, units_of
     from photongap.posterior_check import check_calibration
 
     if target_photons is not None:
@@ -226,9 +226,10 @@ def sample(
                 **common,
             )
         console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
-        for index, plane in iter_planes(image) if check else ():
-            result = check_calibration(network, CountsView(plane, camera, str(image.path))[:, :], max(n, 4), **options, **common)
-            where = f" plane {index}" if index else ""
+        for index, unit in units_of(network, image) if check else ():
+            result = check_calibration(network, CountsView(unit, camera, str(image.path))[(slice(None),) * unit.ndim], max(n, 4), **options, **common)
+            position = tuple(key for key in index if not isinstance(key, slice))
+            where = f" {'volume' if network.config.dims == 3 else 'plane'} {position}" if position else ""
             console.print(f"check {image.path.name}{where}: the samples' central 80% would hold {result.implied_coverage:.0%} of the truth (0.80: calibrated; from held-out photons)")
     if recorder is not None:
         recorder.save(movie)

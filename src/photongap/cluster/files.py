@@ -31,10 +31,9 @@ def denoise_task(model_path: str, source: Path, target: Path, axes: str | None, 
 def sample_task(
     model_path: str, source: Path, targets: Sequence[Path], axes: str | None, camera: Camera, device: str, n: int, check: bool, options: dict[str, Any]
 ) -> tuple[list[Path], int, list[tuple[tuple[int, ...], float]]]:
-    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` coverage of each plane."""
+    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` coverage of each plane (volume, for a 3D model)."""
     from photongap.camera import CountsView
-    from photongap.io import iter_planes
-    from photongap.pipeline import read_images, sample_file
+    from photongap.pipeline import read_images, sample_file, units_of
     from photongap.posterior_check import check_calibration
 
     model, device = cached_model(model_path), worker_device(device)
@@ -42,8 +41,8 @@ def sample_task(
     written, calls = sample_file(model, image, targets, n=n, camera=camera, overwrite=True, device=device, **options)
     sample_options = {key: value for key, value in options.items() if key != "output_units"}
     coverage = [
-        (index, check_calibration(model, CountsView(plane, camera, str(source))[:, :], max(n, 4), device=device, **sample_options).implied_coverage)
-        for index, plane in (iter_planes(image) if check else ())
+        (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), device=device, **sample_options).implied_coverage)
+        for index, unit in (units_of(model, image) if check else ())
     ]
     return written, calls, coverage
 
