@@ -19,12 +19,16 @@ denoising it plane by plane, the 3D model as one volume.
 ``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
 network, fp32 and bf16, one torch thread, median of a few repeats.
 
+``similarity``: how alike neighbouring clean planes (frames) are: PSNR of each against the next
+and against the mean of the 3 and 5 around it (PSNR does not depend on the photon level).
+
 ``peers``: CAREamics' Noise2Void with 3D patches (axes ZYX, the time-lapse's frames as Z; 16 x 32
 x 32 patches in batches of 4 for the z-stack, 8 x 32 x 32 in batches of 8 for the time-lapse) for the
 same minutes on the same volumes, one thread, in the peers' environment (``make bench-peers``).
 
     .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4
     .venv/bin/python benchmarks/bench_3d.py peers --minutes 10 --snapshot 4
+    .venv/bin/python benchmarks/bench_3d.py similarity
     .venv/bin/python benchmarks/bench_3d.py throughput
 """
 
@@ -151,6 +155,20 @@ def quality(args: argparse.Namespace) -> None:
     report("bench_3d", results)
 
 
+def similarity(args: argparse.Namespace) -> None:
+    """How much of a clean plane its neighbours hold: PSNR of each plane against the next, and against the mean of 3 and 5 around it."""
+    results = {}
+    for name in args.data:
+        clean = ground_truth(name)
+        depth = len(clean)
+        results[name] = {
+            "next": round(float(np.mean([psnr(clean[d], clean[d + 1]) for d in range(depth - 1)])), 2),
+            **{f"mean_of_{2 * k + 1}": round(float(np.mean([psnr(clean[d], clean[d - k : d + k + 1].mean(axis=0)) for d in range(k, depth - k)])), 2)
+               for k in (1, 2)},
+        }
+    report("bench_3d_similarity", results)
+
+
 N2V_PATCHES = {"nuclei": ([16, 32, 32], 4), "timelapse": ([8, 32, 32], 8)}
 """CAREamics' 3D patches (sides powers of two) and batch: 65,536 voxels a step, as photongap's 3D patches about are,
 in batches of at least 4 (its U-Net has batch normalisation)."""
@@ -239,6 +257,8 @@ def main() -> None:
     peer.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
     peer.add_argument("--minutes", type=float, default=10.0)
     peer.add_argument("--snapshot", type=float, default=4.0)
+    alike = commands.add_parser("similarity")
+    alike.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
     speed = commands.add_parser("throughput")
     speed.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -248,6 +268,8 @@ def main() -> None:
         quality(args)
     elif args.command == "peers":
         peers(args)
+    elif args.command == "similarity":
+        similarity(args)
     else:
         throughput(args)
 
