@@ -85,8 +85,10 @@ def main() -> None:
     points = []
     for index, (minutes, step, checkpoint) in enumerate(snapshots.snapshots):
         for i, image in enumerate(test):
-            predictions, _ = careamist.predict(image, data_type="array", axes=args.axes, checkpoint=checkpoint)
-            results[f"pred_{index}_{i}"] = np.squeeze(np.asarray(predictions[0]))
+            # Its U-Net takes sides that are multiples of 4 (2 ** depth): reflect-pad, then crop back.
+            padded = np.pad(image, [(0, -size % 4) for size in image.shape], mode="reflect")
+            predictions, _ = careamist.predict(padded, data_type="array", axes=args.axes, checkpoint=checkpoint)
+            results[f"pred_{index}_{i}"] = np.squeeze(np.asarray(predictions[0]))[tuple(slice(0, size) for size in image.shape)]
         points.append({"minutes": round(minutes, 3), "step": step})
     np.savez(args.out, points=json.dumps(points), **results)
 
