@@ -190,7 +190,7 @@ def measure_tiling(package: Path, counts: np.ndarray, blocks: int = DEFAULT_BLOC
 
     Returns the image's and a block's smallest side and a core's (block less two halos), the
     largest absolute difference over the whole-image maximum, and the PSNR of the tiled result
-    against the whole one (peak: that maximum); None where the image is a single block.
+    against the whole one (peak: that maximum); None where no axis is longer than the smallest input.
     """
     from bioimageio.core import create_prediction_pipeline, load_description, predict
 
