@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -18,18 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, MAX_TILE_VOXELS, ModelConfig, Precision
+from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, ModelConfig, Precision
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model, trained_range_from_info
 from photongap.network import receptive_radii, receptive_radius
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
+from photongap.sampling.stop import LEVEL_TOLERANCE_DB, warn_outside_trained
 from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, held_out_gain, spread_gain
-from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles
+from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles, window_tile
 
-LEVEL_TOLERANCE_DB = 3.0
-"""How far (dB) sampling may start below or go above the trained range before it warns."""
 GENERATION_TOLERANCE_DB = 10.0
 """Generation starts from single photons, below any trained range; it warns only if the model
 was not trained within this many dB of that start (the published range goes down to -40 dB)."""
@@ -118,25 +116,6 @@ class GapModel:
             "assessment": self.info.get("assessment"),
         }
 
-    def _warn_outside(self, start_db: float, target_db: float | None, tolerance: float, what: str) -> None:
-        trained = self.trained_range()
-        if trained is None:
-            return
-        low, high = trained
-        advice = "train on data at these levels (splitting only makes inputs dimmer), or with --preset generative"
-        if target_db is not None and target_db > high + LEVEL_TOLERANCE_DB:
-            warnings.warn(
-                f"{what} to {target_db:g} dB goes beyond the brightest inputs this model was trained on ({high:.1f} dB): "
-                f"its predictions there are extrapolation and samples degrade; {advice}, or lower --target-psnr",
-                stacklevel=3,
-            )
-        if start_db < low - tolerance:
-            warnings.warn(
-                f"{what} starts at {start_db:.1f} dB, below the dimmest inputs this model was trained on ({low:.1f} dB): "
-                f"its first predictions are extrapolation; {advice}",
-                stacklevel=3,
-            )
-
     def denoise(
         self,
         counts: Any,
@@ -184,7 +163,7 @@ class GapModel:
         device = resolve_device(device)
         spatial = self.config.dims
         options = dict(
-            tile=self._tiles(tile, tile_depth, shape[-3] if spatial == 3 else 0), overlap=overlap, multiple=self.config.size_multiples, context=self.contexts,
+            tile=window_tile(self.config.dims, tile, tile_depth, shape[-3] if spatial == 3 else 0), overlap=overlap, multiple=self.config.size_multiples, context=self.contexts,
             batch_size=batch_size_for(device, batch_size, on_gpu=4), progress=progress,
         )
         network = self.logits_fn(device, precision)
@@ -196,21 +175,10 @@ class GapModel:
                 out[index] = result
         return out
 
-    def _tiles(self, tile: int | None, tile_depth: int | None, depth: int) -> Any:
-        """The tile of :func:`photongap.tiling.plan_tiles`: ``tile`` in Y and X, ``tile_depth`` (or the whole ``depth``) in D.
-
-        A 3D window holds at most ``MAX_TILE_VOXELS``: the Y X side shrinks to fit (plan_tiles
-        then enlarges it to four margins of context if it must), so memory stays bounded.
-        """
-        if self.config.dims == 2 or tile is None:
-            return tile
-        side = min(tile, int(math.sqrt(MAX_TILE_VOXELS / max(1, min(depth, tile_depth or depth)))))
-        return (tile_depth, side, side)
-
     def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
         batch_size = batch_size_for(device, batch_size, on_gpu=16)
         return image_logits_fn(
-            self.logits_fn(device, precision), shape, tile=self._tiles(tile, None, shape[0] if len(shape) == 3 else 0), multiple=self.config.size_multiples, context=self.contexts, batch_size=batch_size
+            self.logits_fn(device, precision), shape, tile=window_tile(self.config.dims, tile, None, shape[0] if len(shape) == 3 else 0), multiple=self.config.size_multiples, context=self.contexts, batch_size=batch_size
         )
 
     def estimate_gain(
@@ -339,7 +307,7 @@ class GapModel:
         if schedule is not None and gain is None:
             if target_psnr is None and target_photons is None:
                 target_psnr = DEFAULT_TARGET_PSNR
-            self._warn_outside(start_db, target_psnr, LEVEL_TOLERANCE_DB, "sampling")
+            warn_outside_trained(self.trained_range(), start_db, target_psnr, LEVEL_TOLERANCE_DB, "sampling")
             stop = StopRule(target_psnr=target_psnr, target_photons=target_photons)
             result = accumulate_photons(network, start, scale_to=total, schedule=schedule, stop=stop, generator=generator, on_step=on_step)
             return PosteriorSamples.from_result(result)
@@ -352,7 +320,7 @@ class GapModel:
             stop = StopRule.above_trained(top, start_db)
         else:
             stop = StopRule(target_psnr=DEFAULT_TARGET_PSNR)
-        self._warn_outside(start_db, None, LEVEL_TOLERANCE_DB, "sampling")
+        warn_outside_trained(self.trained_range(), start_db, None, LEVEL_TOLERANCE_DB, "sampling")
         gain_calls = 0
         if gain is None:
             # Measured on this image, not read from the model file: on the held-out images of one
@@ -392,7 +360,7 @@ class GapModel:
         """
         if n < 1 or len(shape) != self.config.dims or min(shape) < 1:
             raise PhotongapError(f"generate needs n >= 1 and a {self.config.dims}D size (the model's), got n={n}, size={tuple(shape)}")
-        self._warn_outside(10 * math.log10(1.0 / math.prod(shape)), target_psnr, GENERATION_TOLERANCE_DB, "generation")
+        warn_outside_trained(self.trained_range(), 10 * math.log10(1.0 / math.prod(shape)), target_psnr, GENERATION_TOLERANCE_DB, "generation")
         device = resolve_device(device)
         result = generate(
             self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),
@@ -409,7 +377,7 @@ class GapModel:
     def tiles_per_plane(self, shape: tuple[int, ...], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                         tile_depth: int | None = DEFAULT_TILE_DEPTH) -> int:
         """How many tiles :meth:`denoise` cuts a plane (a ``(D, Y, X)`` volume for a 3D model) into (for progress bars)."""
-        return len(plan_tiles(tuple(shape), self._tiles(tile, tile_depth, shape[0] if len(shape) == 3 else 0), overlap, self.config.size_multiples, self.contexts))
+        return len(plan_tiles(tuple(shape), window_tile(self.config.dims, tile, tile_depth, shape[0] if len(shape) == 3 else 0), overlap, self.config.size_multiples, self.contexts))
 
 
 def load(path: str | Path) -> GapModel:

@@ -10,6 +10,7 @@ arrays or Zarr arrays: they are read and written tile by tile and block by block
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from photongap.config import DEFAULT_OVERLAP
+from photongap.config import DEFAULT_OVERLAP, MAX_TILE_VOXELS
 from photongap.physics import log_normaliser, mmse_from_logits
 from photongap.runtime import LogitsFn
 
@@ -320,3 +321,13 @@ def denoise_plane(
     return result
 
 
+def window_tile(dims: int, tile: int | None, tile_depth: int | None, depth: int) -> Any:
+    """The tile of :func:`photongap.tiling.plan_tiles`: ``tile`` in Y and X, ``tile_depth`` (or the whole ``depth``) in D.
+
+    A 3D window holds at most ``MAX_TILE_VOXELS``: the Y X side shrinks to fit (plan_tiles
+    then enlarges it to four margins of context if it must), so memory stays bounded.
+    """
+    if dims == 2 or tile is None:
+        return tile
+    side = min(tile, int(math.sqrt(MAX_TILE_VOXELS / max(1, min(depth, tile_depth or depth)))))
+    return (tile_depth, side, side)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,8 @@ from photongap.errors import PhotongapError
 from photongap.physics import pseudo_psnr
 from photongap.schedule import DEFAULT_TARGET_PSNR, PUBLISHED_SCHEDULE, PhotonSchedule
 
+LEVEL_TOLERANCE_DB = 3.0
+"""How far (dB) sampling may start below or go above the trained range before it warns."""
 DB_ABOVE_TRAINED = 1.0
 """Where sampling stops by default: this many dB above the top of the trained range, one step of FAST_SCHEDULE (1.76 dB).
 
@@ -118,3 +121,23 @@ def expected_network_calls(
         total += float(schedule.photons_to_add(torch.tensor([total]), num_pixels or 1)[0])
         steps += 1
     return steps + 1
+
+
+def warn_outside_trained(trained: tuple[float, float] | None, start_db: float, target_db: float | None, tolerance: float, what: str) -> None:
+    """Warn where a run starts more than ``tolerance`` dB below the trained range ``trained`` or targets more than LEVEL_TOLERANCE_DB above it."""
+    if trained is None:
+        return
+    low, high = trained
+    advice = "train on data at these levels (splitting only makes inputs dimmer), or with --preset generative"
+    if target_db is not None and target_db > high + LEVEL_TOLERANCE_DB:
+        warnings.warn(
+            f"{what} to {target_db:g} dB goes beyond the brightest inputs this model was trained on ({high:.1f} dB): "
+            f"its predictions there are extrapolation and samples degrade; {advice}, or lower --target-psnr",
+            stacklevel=3,
+        )
+    if start_db < low - tolerance:
+        warnings.warn(
+            f"{what} starts at {start_db:.1f} dB, below the dimmest inputs this model was trained on ({low:.1f} dB): "
+            f"its first predictions are extrapolation; {advice}",
+            stacklevel=3,
+        )
