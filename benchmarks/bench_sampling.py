@@ -222,7 +222,7 @@ def training_gain(model: GapModel, images: list[np.ndarray]) -> float:
 def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
-    rows: dict[str, list[float]] = {key: [] for key in ("mmse", "single", "mean", "mean_minus_mmse", "rank_coverage", "percentile_coverage", "gt_free_check", "gt_rank_coverage_of_check", "calls", "thinned_calls", "gain_calls", "gain", "seconds_per_sample")}
+    rows: dict[str, list[float]] = {key: [] for key in ("mmse", "single", "mean", "mean_minus_mmse", "rank_coverage", "percentile_coverage", "gt_free_check", "gt_free_check_se", "gt_rank_coverage_of_check", "calls", "thinned_calls", "gain_calls", "gain", "seconds_per_sample")}
     for index, image in enumerate(clean_images):
         clean = clean_at_level(image, level)
         counts = rng.poisson(clean).astype(np.float32)
@@ -247,7 +247,9 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([CHECK_FRACTION]), generator)
         kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
         check_samples = model.sample(kept, n, seed=seed + 100 + index, device="cpu", **options).samples
-        rows["gt_free_check"].append(spread_skill(check_samples, held_out, CHECK_FRACTION).implied_coverage)
+        check = spread_skill(check_samples, held_out, CHECK_FRACTION)
+        rows["gt_free_check"].append(check.implied_coverage)
+        rows["gt_free_check_se"].append(check.standard_error)
         rows["gt_rank_coverage_of_check"].append(rank_coverage_80(check_samples, clean * CHECK_FRACTION, rng))
     summary = {key: round(statistics.fmean(values), 3) for key, values in rows.items()}
     summary["gain_min"] = round(min(rows["gain"]), 3) if not math.isnan(rows["gain"][0]) else math.nan

@@ -261,12 +261,12 @@ def test_the_gain_comes_from_the_argument_else_the_image(tiny_model, poisson_ima
     seen.clear()
     # The model file's gain (a median over validation images) is not used: the gain varies from image to image.
     estimated = tiny_model.sample(counts, 2, device="cpu", precision="fp32")
-    # Two held-out splits at each of q = 0.5 and 0.7 of the trained top, then the gain map: the image
-    # thinned to the top, alone and with probe photons (1/16 of the pixels): six network calls.
-    assert estimated.gain_calls == 6 and len(seen) == 6 + 2 * estimated.network_calls
+    # Six held-out splits at each of q = 0.5 and 0.7 of the trained top, then the gain map: the image
+    # thinned to the top, alone and with probe photons (1/16 of the pixels): 14 network calls.
+    assert estimated.gain_calls == 14 and len(seen) == 14 + 2 * estimated.network_calls
     top = 10 ** (-0.2 / 10)
-    assert max(seen[:2]) < 0.5 * top * 1.1 and 0.7 * top * 0.9 < min(seen[2:4]) < 0.7 * top * 1.1
-    assert seen[4] < top * 1.1 and seen[5] - seen[4] == pytest.approx(1 / 16, rel=0.2)
+    assert max(seen[:6]) < 0.5 * top * 1.1 and 0.7 * top * 0.9 < min(seen[6:12]) < 0.7 * top * 1.1
+    assert seen[12] < top * 1.1 and seen[13] - seen[12] == pytest.approx(1 / 16, rel=0.2)
     assert estimated.gain >= tiny_model.estimate_gain(counts, seed=1_000_003, device="cpu", precision="fp32") and estimated.gain != 7.5
     # The gain sets the spread: a larger g, narrower samples.
     wide = tiny_model.sample(counts, 8, gain=1.0, device="cpu", precision="fp32")

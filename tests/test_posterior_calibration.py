@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from photongap.posterior import dirichlet_predictive, gain_at_level, tweedie_gain_map
+from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level, tweedie_gain_map
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -42,13 +42,29 @@ def scene(seed: int, shape=(96, 96)) -> tuple[np.ndarray, np.ndarray]:
     return clean, rng.poisson(clean).astype(np.float32)
 
 
-def test_gain_at_level_follows_the_power_law_and_is_clipped_to_physical_slopes():
-    assert gain_at_level((0.25, 40.0), (0.5, 20.0), 1.0) == pytest.approx(10.0)  # g ~ 1/q: slope 1
-    assert gain_at_level((0.25, 8.0), (0.5, 8.0), 1.0) == pytest.approx(8.0)  # flat
-    assert gain_at_level((0.25, 80.0), (0.5, 20.0), 1.0) == pytest.approx(10.0)  # slope 2 clipped to 1
-    assert gain_at_level((0.25, 10.0), (0.5, 20.0), 1.0) == pytest.approx(20.0)  # rising gain clipped to flat
+def test_gain_at_level_follows_well_measured_gains_and_clips_to_physical_slopes():
+    sharp = 1e-4  # standard error of ln g: the gains decide, not the prior
+    assert gain_at_level([(0.25, 40.0, sharp), (0.5, 20.0, sharp)], 1.0) == pytest.approx(10.0, rel=1e-3)  # g ~ 1/q: slope 1
+    assert gain_at_level([(0.25, 8.0, sharp), (0.5, 8.0, sharp)], 1.0) == pytest.approx(8.0, rel=1e-3)  # flat
+    # Slopes outside [0, 1] are clipped, the line still through the gains' (weighted) centre.
+    assert gain_at_level([(0.25, 80.0, sharp), (0.5, 20.0, sharp)], 1.0) == pytest.approx(math.sqrt(80.0 * 0.25 * 20.0 * 0.5), rel=1e-3)  # slope 2 to 1
+    assert gain_at_level([(0.25, 10.0, sharp), (0.5, 20.0, sharp)], 1.0) == pytest.approx(math.sqrt(10.0 * 20.0), rel=1e-3)  # rising gain to flat
     with pytest.raises(ValueError):
-        gain_at_level((0.5, 10.0), (0.5, 20.0), 1.0)
+        gain_at_level([(0.5, 10.0, 0.0)], 1.0)
+    with pytest.raises(ValueError):
+        gain_at_level([], 1.0)
+
+
+def test_gain_at_level_weighs_gains_by_their_noise_and_falls_back_on_the_prior_slope():
+    mean, _ = GAIN_SLOPE_PRIOR
+    # Gains too noisy to tell a slope: the prior's slope through their weighted mean level.
+    noisy = gain_at_level([(0.5, 20.0, 5.0), (0.7, 20.0 * 1.4**-mean, 5.0)], 1.0)
+    assert noisy == pytest.approx(20.0 * 2**-mean, rel=1e-3)
+    # A precise gain at 0.5 and a wild one at 0.7 (four times too high): the precise one decides.
+    trusted = gain_at_level([(0.5, 20.0, 0.05), (0.7, 4 * 20.0 * 1.4**-mean, 2.0)], 1.0)
+    assert trusted == pytest.approx(20.0 * 2**-mean, rel=0.1)
+    # The same pair, equally weighted, is pulled far up: the weights matter.
+    assert gain_at_level([(0.5, 20.0, 0.05), (0.7, 4 * 20.0 * 1.4**-mean, 0.05)], 1.0) > 1.5 * trusted
 
 
 def test_the_gain_is_measured_at_the_level_the_sampler_runs_the_network(exact_model):
@@ -67,7 +83,7 @@ def test_default_samples_cover_the_truth_at_80_percent_and_their_mean_is_the_mms
     for seed in range(2):
         clean, counts = scene(seed)
         posterior = exact_model.sample(counts, 16, seed=seed, device="cpu")
-        assert posterior.network_calls == 2 and posterior.gain_calls == 6  # one step above the trained top and the final draw; the gain and its map
+        assert posterior.network_calls == 2 and posterior.gain_calls == 14  # one step above the trained top and the final draw; the gain and its map
         mmse = (K + counts) * THETA / (1 + THETA)
         coverage.append(rank_coverage(posterior.samples, clean, rng))
         gaps.append(psnr(clean, posterior.mean) - psnr(clean, mmse))

@@ -9,14 +9,13 @@ from photongap.errors import PhotongapError
 from photongap.posterior_check import check_calibration, implied_coverage, spread_skill
 
 
-def gamma_toy(seed: int = 0, shape: tuple[int, int] = (96, 96), p: float = 0.5, n: int = 16):
+def gamma_toy(seed: int = 0, shape: tuple[int, int] = (96, 96), p: float = 0.5, n: int = 16, beta: float = 0.5):
     """A scene whose posterior is known exactly: lambda ~ Gamma(k, rate beta) per pixel, x ~ Poisson(lambda),
     a ~ Binomial(x, p) ~ Poisson(p lambda); given a, p lambda ~ Gamma(k + a, rate beta / p + 1).
 
     Returns the exact posterior samples of p lambda given a, and the held-out b = x - a."""
     rng = np.random.default_rng(seed)
     k = np.linspace(2.0, 40.0, shape[0] * shape[1]).reshape(shape)  # a range of brightness and spread
-    beta = 0.5
     clean = rng.gamma(k, 1 / beta)
     x = rng.poisson(clean)
     a = rng.binomial(x, p)
@@ -85,6 +84,18 @@ def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path
     assert result.exit_code == 0, result.output
     assert "check cell.tif: the samples' central 80% would hold" in result.output
     assert "2 network calls each" in result.output  # 0 dB -> 0.8 dB: one step and the final draw
+
+
+def test_the_checks_standard_error_is_the_spread_of_its_readings_and_dim_images_are_inconclusive():
+    readings = [spread_skill(*gamma_toy(seed)) for seed in range(8)]
+    spread = float(np.std([check.implied_coverage for check in readings], ddof=1))
+    stated = float(np.mean([check.standard_error for check in readings]))
+    assert 0.5 < stated / spread < 2.0, (stated, spread)
+    assert all(check.conclusive for check in readings) and "would hold" in readings[0].summary("toy")
+    # A scene a hundred times dimmer, its posterior as exact: too few held-out photons to resolve its spread.
+    dim = spread_skill(*gamma_toy(0, beta=50.0))
+    assert not dim.conclusive and dim.standard_error > 3 * stated, (dim.standard_error, stated)
+    assert dim.summary("dim.tif").startswith("check dim.tif: inconclusive, too few held-out photons")
 
 
 def test_the_check_of_a_volume_is_the_check_of_its_voxels():

@@ -479,6 +479,48 @@ def test_the_final_dirichlet_draw_has_the_posterior_mean_and_spread():
     torch.testing.assert_close(final_estimate(prediction, total, "mean", None).double(), 10.0 * probabilities.double())
 
 
+def test_centring_keeps_each_samples_departure_around_the_first_prediction():
+    from photongap.posterior import DirichletPredictive
+    from photongap.sampling import Prediction, centred
+
+    first = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).reshape(1, 1, 2, 2)
+    departures = torch.tensor([[0.02, -0.02, 0.01, -0.01], [-0.02, 0.02, -0.01, 0.01]], dtype=torch.float64).reshape(2, 1, 2, 2)
+    drift = torch.tensor([0.05, 0.0, 0.0, -0.05], dtype=torch.float64).reshape(1, 1, 2, 2)  # shared by both samples
+    strength = torch.full((2,), 30.0, dtype=torch.float64)
+    prediction = Prediction(torch.zeros(2, 1, 2, 2), DirichletPredictive((first + drift + departures).float(), strength), torch.zeros(2, dtype=torch.bool))
+    result = centred(prediction, first)
+    torch.testing.assert_close(result.predictive.probabilities.double(), first + math.sqrt(2) * departures, atol=1e-6, rtol=0)
+    assert torch.equal(result.predictive.strength, strength)
+    one = Prediction(prediction.logits[:1], DirichletPredictive(prediction.predictive.probabilities[:1], strength[:1]), prediction.thinned[:1])
+    torch.testing.assert_close(centred(one, first).predictive.probabilities.double(), first, atol=1e-6, rtol=0)
+
+
+def test_centred_samples_of_a_drifting_network_average_to_its_first_prediction():
+    """A network that flattens its input a little more each time it sees its own photons.
+
+    Its first prediction from the data is ``(1 + x)**0.5`` normalised; the samples of the plain
+    Dirichlet loop average to something flatter (the photons it adds are drawn from the
+    flattened map and flattened again); centred ones average to the first prediction.
+    """
+    from photongap.sampling import DirichletPosterior
+
+    def flattening(counts: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.log1p(counts)
+
+    start = noisy_image(level=4.0, side=32, seed=3).expand(64, -1, -1, -1).contiguous()
+    total = start[0].double().sum()
+    first = torch.softmax(flattening(start[:1]).flatten(), 0).reshape(1, 1, 32, 32).double() * total
+    gaps = {}
+    for centre in (False, True):
+        result = accumulate_photons(
+            flattening, start, scale_to=total, schedule=PhotonSchedule(beta=1.0), stop=StopRule(target_psnr=12.0), generator=seeded(46),
+            posterior=DirichletPosterior(gain=50.0, trained_top=20.0, final="mean", centre=centre),
+        )
+        assert result.steps >= 2
+        gaps[centre] = float(((result.samples.double().mean(dim=0, keepdim=True) - first) ** 2).sum() / (first**2).sum())
+    assert gaps[True] < 1e-4 < 0.1 * gaps[False], gaps
+
+
 def test_the_stop_rule_relative_to_the_trained_range():
     assert StopRule.above_trained(-0.2).target_psnr == pytest.approx(0.8)
     assert StopRule.above_trained(-0.2, start_psnr=-10.0).target_psnr == pytest.approx(0.8)

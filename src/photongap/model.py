@@ -185,7 +185,7 @@ class GapModel:
         self,
         counts: np.ndarray,
         *,
-        fractions: tuple[float, float] = GAIN_FRACTIONS,
+        fractions: tuple[float, ...] = GAIN_FRACTIONS,
         repeats: int = GAIN_REPEATS,
         seed: int = 0,
         logits: LogitsFn | None = None,
@@ -193,9 +193,9 @@ class GapModel:
         precision: Precision = "auto",
         tile: int | None = DEFAULT_SAMPLE_TILE,
     ) -> float:
-        """The network's gain ``g`` on this image, without ground truth: ``2 * repeats`` network calls.
+        """The network's gain ``g`` on this image, without ground truth: ``len(fractions) * repeats`` network calls.
 
-        Measured on held-out photons at two ``fractions`` of the sampler's level and carried to
+        Measured on held-out photons at ``fractions`` of the sampler's level and carried to
         it (:func:`photongap.sampling.gain.held_out_gain`, where the derivation is).
         """
         device = resolve_device(device)
@@ -280,7 +280,7 @@ class GapModel:
         gain : float, optional
             The Dirichlet sampler's ``g``, one for the whole image. Default: measured on ``counts``
             (:meth:`estimate_gain`) and spread over the image as the network's own variance is
-            (:meth:`gain_map`): 6 network calls per image, once for all samples, reported as
+            (:meth:`gain_map`): 14 network calls per image, once for all samples, reported as
             ``gain_calls``. (The model file's ``info["posterior_gain"]`` is not used: the gain
             varied up to fivefold between the images of one data set.)
         final : {"draw", "mean"}
@@ -328,10 +328,10 @@ class GapModel:
             # stream, so that the samples of one seed do not depend on whether it was given.
             gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device)
             spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved)
-            gain_calls = 2 * GAIN_REPEATS + 2
+            gain_calls = len(GAIN_FRACTIONS) * GAIN_REPEATS + 2
         else:
             spread = float(gain)
-        posterior = DirichletPosterior(gain=spread, trained_top=top, final=final)
+        posterior = DirichletPosterior(gain=spread, trained_top=top, final=final, centre=True)
         result = accumulate_photons(
             network, start, scale_to=total, schedule=schedule or FAST_SCHEDULE, stop=stop, generator=generator, on_step=on_step, posterior=posterior
         )

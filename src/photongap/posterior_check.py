@@ -15,8 +15,10 @@ holding an error of variance ``R v`` covers it with its central 80% interval
 calibrated, lower when the samples are too narrow, higher when too wide. The bins are cut by
 the variance of one half of the samples and scored with that of the other half (both ways,
 averaged): cut and scored by the same noisy estimate, the low bins collect pixels whose spread
-was underestimated, and exact posterior samples read 0.76-0.78 instead of 0.8 at n = 16. (Per-pixel PIT values of ``b`` are no check: ``b``'s own Poisson noise swamps the
-posterior spread of a network that pools neighbours.) It checks the sampler at the level of
+was underestimated, and exact posterior samples read 0.76-0.78 instead of 0.8 at n = 16.
+The held-out photons' own noise gives the check a standard error; where it exceeds five points
+the check says it cannot tell. (Per-pixel PIT values of ``b`` are no check: ``b``'s own
+Poisson noise swamps the posterior spread of a network that pools neighbours.) It checks the sampler at the level of
 ``a``, not of ``x``, and reads a few points low on grossly biased samples.
 """
 
@@ -43,11 +45,16 @@ Near 1, so that the check tests the sampler near the level it is used at: a defa
 model's trained range reaches down to half the data's photons only, and at ``p = 0.5`` the
 check's samples sat at its bottom, with their gain measured below it. There the check read
 5-7 points below the coverage of the full-level samples at 1 photon/px; at 0.8 (1 dB below
-the data) it was within 2.3 points on both data sets (benchmarks/bench_sampling.py). The
+the data) it was within 0.3 points on both data sets (benchmarks/bench_sampling.py). The
 held-out ``b`` is then noisier (its weight grows as ``p / (1 - p)``): at 0.1 photons/px it
-holds too few photons and the check read 9-13 points low (README, known limits)."""
+holds too few photons, the check's standard error is 5-6 points and it read 11-13 points low
+(README, known limits)."""
 CHECK_BINS = 10
 """Bins of predicted variance."""
+CHECK_RESOLUTION = 0.05
+"""The check is conclusive when its standard error is at most this (5 points of coverage)."""
+CHECK_DRAWS = 200
+"""Draws of the held-out errors within their noise that give the check's standard error."""
 NOMINAL = 0.8
 """The central interval whose coverage is implied."""
 
@@ -69,6 +76,9 @@ class CalibrationCheck:
         The interval checked (0.8: the central 80%).
     fraction : float
         ``p``: the share of the photons the samples were drawn from.
+    standard_error : float
+        Of ``implied_coverage``, from the noise of the held-out photons (each bin's error
+        drawn within its standard error, :data:`CHECK_DRAWS` times).
     """
 
     implied_coverage: float
@@ -76,6 +86,19 @@ class CalibrationCheck:
     error_to_spread: tuple[float, ...]
     nominal: float
     fraction: float
+    standard_error: float = 0.0
+
+    @property
+    def conclusive(self) -> bool:
+        """Whether the held-out photons could tell: a standard error of at most :data:`CHECK_RESOLUTION`."""
+        return self.standard_error <= CHECK_RESOLUTION
+
+    def summary(self, name: str) -> str:
+        """One line for a person: the implied coverage and its noise, or that the photons were too few to tell."""
+        reading = f"{self.implied_coverage:.0%} ± {self.standard_error:.0%}"
+        if not self.conclusive:
+            return f"check {name}: inconclusive, too few held-out photons to tell whether the samples are calibrated ({reading} implied coverage of their central 80%)"
+        return f"check {name}: the samples' central {self.nominal:.0%} would hold {reading} of the truth ({self.nominal:.2f}: calibrated; from held-out photons)"
 
 
 def implied_coverage(ratio: float, nominal: float = NOMINAL) -> float:
@@ -119,15 +142,22 @@ def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, 
     # units of x; times p**2 it is in those of a, the samples' units.
     t = fraction**2 * held_out_squared_error(mean, torch.from_numpy(np.asarray(held_out, dtype=np.float64).reshape(-1, 1)), fraction).numpy()
     halves = [samples[0::2].var(axis=0, ddof=1).reshape(-1), samples[1::2].var(axis=0, ddof=1).reshape(-1)]
-    per_bin_ways, ratio_ways = [], []
+    noise = np.random.default_rng(0).standard_normal((CHECK_DRAWS, bins))
+    per_bin_ways, ratio_ways, drawn_ways = [], [], []
     for cut, score in (halves, halves[::-1]):
-        order = np.argsort(cut, kind="stable")
-        ratios = [float(t[part].sum() / max(score[part].sum() * (1 + 1 / n), 1e-300)) for part in np.array_split(order, bins)]
+        parts = np.array_split(np.argsort(cut, kind="stable"), bins)
+        error = np.array([t[part].sum() for part in parts])
+        error_se = np.array([t[part].std() * math.sqrt(len(part)) for part in parts])
+        spread = np.array([max(score[part].sum() * (1 + 1 / n), 1e-300) for part in parts])
+        ratios = error / spread
         ratio_ways.append(ratios)
         per_bin_ways.append([implied_coverage(ratio, nominal) for ratio in ratios])
+        drawn = (error + noise * error_se) / spread
+        drawn_ways.append([np.mean([implied_coverage(ratio, nominal) for ratio in row]) for row in drawn])
     per_bin = tuple(float(value) for value in np.mean(per_bin_ways, axis=0))
     ratios = tuple(float(value) for value in np.mean(ratio_ways, axis=0))
-    return CalibrationCheck(float(np.mean(per_bin)), per_bin, ratios, nominal, fraction)
+    standard_error = float(np.std(np.mean(drawn_ways, axis=0)))
+    return CalibrationCheck(float(np.mean(per_bin)), per_bin, ratios, nominal, fraction, standard_error)
 
 
 def check_calibration(model: GapModel, counts: np.ndarray, n: int = 16, *, fraction: float = CHECK_FRACTION, seed: int = 0, **sample_options: Any) -> CalibrationCheck:

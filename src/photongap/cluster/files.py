@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
 from photongap.camera import Camera
 from photongap.cluster.setup import cached_model, worker_device
+
+if TYPE_CHECKING:
+    from photongap.posterior_check import CalibrationCheck
 
 
 def denoise_task(model_path: str, source: Path, target: Path, axes: str | None, camera: Camera, device: str, options: dict[str, Any]) -> Path:
@@ -30,8 +33,8 @@ def denoise_task(model_path: str, source: Path, target: Path, axes: str | None, 
 
 def sample_task(
     model_path: str, source: Path, targets: Sequence[Path], axes: str | None, camera: Camera, device: str, n: int, check: bool, options: dict[str, Any]
-) -> tuple[list[Path], int, list[tuple[tuple[int, ...], float]]]:
-    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` coverage of each plane (volume, for a 3D model)."""
+) -> tuple[list[Path], int, list[tuple[tuple[int, ...], CalibrationCheck]]]:
+    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` of each plane (volume, for a 3D model)."""
     from photongap.camera import CountsView
     from photongap.pipeline import read_images, sample_file, units_of
     from photongap.posterior_check import check_calibration
@@ -41,7 +44,7 @@ def sample_task(
     written, calls = sample_file(model, image, targets, n=n, camera=camera, overwrite=True, device=device, **options)
     sample_options = {key: value for key, value in options.items() if key != "output_units"}
     coverage = [
-        (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), device=device, **sample_options).implied_coverage)
+        (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), device=device, **sample_options))
         for index, unit in (units_of(model, image) if check else ())
     ]
     return written, calls, coverage
@@ -79,9 +82,9 @@ class FileJob:
             written, calls, coverage = value
             self._written = list(written)
             self.notes.append(f"sampled {self.source.name}: {self.samples} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
-            for index, implied in coverage:
+            for index, check in coverage:
                 where = f" plane {index}" if index else ""
-                self.notes.append(f"check {self.source.name}{where}: the samples' central 80% would hold {implied:.0%} of the truth (0.80: calibrated; from held-out photons)")
+                self.notes.append(check.summary(f"{self.source.name}{where}"))
         else:
             self._written = [value]
         self.complete = True

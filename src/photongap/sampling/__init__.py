@@ -13,11 +13,11 @@ channels_last, tiling), e.g. ``lambda counts: net(counts)`` under ``torch.no_gra
 """
 
 from photongap.sampling.loop import PosteriorSamples, SamplingResult, StepState, accumulate_photons, generate
-from photongap.sampling.predictive import DirichletPosterior, Prediction, final_estimate, predict
+from photongap.sampling.predictive import DirichletPosterior, Prediction, centred, final_estimate, predict
 from photongap.sampling.step import dirichlet_step, draw_photons, sample_step
 from photongap.sampling.stop import DB_ABOVE_TRAINED, StopRule, expected_network_calls
 
 __all__ = [
     "DB_ABOVE_TRAINED", "DirichletPosterior", "PosteriorSamples", "Prediction", "SamplingResult", "StepState", "StopRule",
-    "accumulate_photons", "dirichlet_step", "draw_photons", "expected_network_calls", "final_estimate", "generate", "predict", "sample_step",
+    "accumulate_photons", "centred", "dirichlet_step", "draw_photons", "expected_network_calls", "final_estimate", "generate", "predict", "sample_step",
 ]

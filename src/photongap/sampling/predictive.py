@@ -37,11 +37,15 @@ class DirichletPosterior:
     final : {"draw", "mean"}
         The sample: one draw ``q ~ Dir(alpha_T)`` of the clean image given the final counts
         (the uncertainty left at the end, at no extra network call), or its mean ``alpha_T / A_T``.
+    centre : bool
+        The batch is samples of one image: remove from their final predictives the drift their
+        mean shows from the first prediction (:func:`centred`).
     """
 
     gain: float | torch.Tensor
     trained_top: float | None = None
     final: Literal["draw", "mean"] = "draw"
+    centre: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.gain, torch.Tensor):
@@ -91,6 +95,27 @@ def predict(logits_fn: LogitsFn, counts: torch.Tensor, posterior: DirichletPoste
     logits = checked_logits(logits_fn, thinned, step)
     predictive = dirichlet_predictive(logits, thinned, removed, posterior.gain)
     return Prediction(logits, predictive, removed.reshape(removed.shape[0], -1).sum(dim=1) > 0)
+
+
+def centred(prediction: Prediction, first: torch.Tensor) -> Prediction:
+    """The final predictives of a batch of samples of one image, their common drift removed.
+
+    For an exact model the predictive is a martingale: averaged over the photons a step adds,
+    the next prediction is the current one, so the samples' final predictives average to the
+    first, ``first`` ``(1, 1, Y, X)`` (the batch's mean at step 1). A network run on images
+    partly made of its own photons drifts from it (it smooths). Each sample keeps its own
+    departure from the batch's mean, scaled by ``sqrt(B / (B - 1))`` for the mean's share of
+    it, around ``first``: ``P_b' = first + sqrt(B / (B - 1)) (P_b - mean(P))``, clipped at zero
+    and normalised. The strength is kept; one sample (``B = 1``) is ``first``.
+    """
+    probabilities = prediction.predictive.probabilities.double()
+    batch = probabilities.shape[0]
+    departure = probabilities - probabilities.mean(dim=0, keepdim=True)
+    if batch > 1:
+        departure = departure * math.sqrt(batch / (batch - 1))
+    shifted = (first.double() + departure).clamp_min(0)
+    shifted = shifted / shifted.reshape(batch, -1).sum(dim=1).clamp_min(torch.finfo(torch.float64).tiny).reshape(-1, *([1] * (shifted.dim() - 1)))
+    return Prediction(prediction.logits, DirichletPredictive(shifted.float(), prediction.predictive.strength), prediction.thinned)
 
 
 def final_estimate(prediction: Prediction, total: torch.Tensor, final: Literal["draw", "mean"], generator: torch.Generator | None) -> torch.Tensor:
