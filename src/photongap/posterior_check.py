@@ -97,7 +97,8 @@ class CalibrationCheck:
         """One line for a person: the implied coverage and its noise, or that the photons were too few to tell."""
         reading = f"{self.implied_coverage:.0%} ± {self.standard_error:.0%}"
         if not self.conclusive:
-            return f"check {name}: inconclusive, too few held-out photons to tell whether the samples are calibrated ({reading} implied coverage of their central 80%)"
+            return (f"check {name}: inconclusive, too few held-out photons to tell within {CHECK_RESOLUTION:.0%} whether the samples are calibrated "
+                    f"({reading} implied coverage of their central {self.nominal:.0%})")
         return f"check {name}: the samples' central {self.nominal:.0%} would hold {reading} of the truth ({self.nominal:.2f}: calibrated; from held-out photons)"
 
 
