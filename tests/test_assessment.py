@@ -17,6 +17,7 @@ import photongap
 import torch
 
 from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
+from photongap.config import ModelConfig
 from photongap.errors import PhotongapError
 from photongap.exposure import thin
 
@@ -249,7 +250,7 @@ class FixedModel:
     """A stand-in for GapModel: a blur as its denoiser, and whatever training record it is given."""
 
     def __init__(self, info):
-        self.info = info
+        self.info, self.config = info, ModelConfig()  # a 2D model: assessed plane by plane
 
     def denoise(self, counts, device="auto"):
         return blur(counts)

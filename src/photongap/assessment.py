@@ -135,9 +135,11 @@ def assess_counts(
     Parameters
     ----------
     denoise : callable
-        ``(N, Y, X)`` counts -> ``(N, Y, X)`` estimate of the clean image in the same photon units.
+        ``(N, Y, X)`` counts -> ``(N, Y, X)`` estimate of the clean image in the same photon units;
+        for a volume, ``(N, D, Y, X)`` -> ``(N, D, Y, X)`` (each volume one image, as a 3D model sees it).
     counts : np.ndarray
-        ``(Y, X)`` photon counts.
+        ``(Y, X)`` photon counts, or one ``(D, Y, X)`` volume (every sum and MSE then runs over
+        all its voxels).
     fractions : sequence of float
         Split fractions in (0, 1), at least two.
     repeats : int
@@ -157,8 +159,8 @@ def assess_counts(
     >>> result.mse, result.mse_std, result.psnr  # doctest: +SKIP
     """
     counts = np.asarray(counts, dtype=np.float32)
-    if counts.ndim != 2:
-        raise PhotongapError(f"assessment takes one 2D image, got shape {counts.shape}")
+    if counts.ndim not in (2, 3):
+        raise PhotongapError(f"assessment takes one (Y, X) image or one (D, Y, X) volume, got shape {counts.shape}")
     if repeats < 1:
         raise PhotongapError("assessment needs at least one split per fraction")
     extrapolation_weights(fractions)  # refuses unusable fractions before any work
@@ -227,7 +229,11 @@ def assess_planes(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Assess a :class:`~photongap.model.GapModel` on each plane: the report ``photongap assess`` writes.
+    """Assess a :class:`~photongap.model.GapModel` on each plane, or each ``(D, Y, X)`` volume for a 3D model: the report ``photongap assess`` writes.
+
+    ``planes`` are what the model denoises one at a time (:func:`photongap.pipeline.units_of`):
+    ``(Y, X)`` planes for a 2D model, ``(D, Y, X)`` volumes for a 3D one; a 3D model's volume is
+    split, denoised and scored whole (one softmax, sums over all its voxels).
 
     Returns ``{"images": [{"path", "mse", "mse_std", "psnr", "nll_per_photon", "trained_on", ...}],
     "summary": {...}, "warnings": [...]}``; MSEs in photons² per pixel at each image's exposure.
@@ -236,6 +242,11 @@ def assess_planes(
     def denoise(counts: np.ndarray) -> np.ndarray:
         return model.denoise(counts, device=device)
 
+    dims = model.config.dims
+    for plane, name in zip(planes, names):
+        if np.ndim(plane) != dims:
+            kind = "(Y, X) planes" if dims == 2 else "(D, Y, X) volumes (a 3D model)"
+            raise PhotongapError(f"{name}: this model is assessed on {kind}, got shape {np.shape(plane)}")
     images, notes = [], []
     for number, (plane, name) in enumerate(zip(planes, names)):
         result = assess_counts(denoise, plane, fractions=fractions, repeats=repeats, seed=seed + number, progress=progress)

@@ -40,6 +40,17 @@ def thin(planes: Sequence[np.ndarray], fraction: float, seed: int = 0) -> list[n
     return [rng.binomial(np.asarray(plane).astype(np.int64), fraction).astype(np.float32) for plane in planes]
 
 
+def planned_dims(dims: int | None, preset: str | None = None, config_file: str | Path | None = None) -> int:
+    """The network's ``dims`` a plan trains: ``dims`` if given, else the config file's (over the preset), else the preset's."""
+    from photongap.config import load_yaml
+    from photongap.config import preset as preset_configs
+
+    if dims is not None:
+        return dims
+    base = preset_configs(preset or "default")
+    return (load_yaml(config_file, base) if config_file is not None else base)[0].dims
+
+
 @dataclass(frozen=True)
 class ExposurePoint:
     """The expected quality at one light dose, in photons² per pixel at the ORIGINAL exposure.
@@ -126,6 +137,7 @@ def plan_exposure(
     config_file: str | Path | None = None,
     fine_tune: bool = True,
     fine_tune_steps: int | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
     on_fraction: Callable[[float, int], None] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -143,6 +155,12 @@ def plan_exposure(
     are the same at every fraction (thinned), so no fraction is graded on photons its
     predecessor trained on.
 
+    3D: with ``model_overrides={"dims": 3}`` (or a ``config_file`` whose model has ``dims: 3``)
+    ``planes`` are ``(D, Y, X)`` volumes and every fraction trains a 3D model; the later
+    fractions take the first one's patch depth and depth poolings, so that all the fractions'
+    networks are the same (and fine-tuning can start from the one before). Their validation
+    volumes are graded whole (:func:`photongap.assessment.assess_planes`).
+
     Returns
     -------
     dict
@@ -152,6 +170,7 @@ def plan_exposure(
     from photongap.config import load_yaml
     from photongap.data import hold_out
     from photongap.training import train
+    from photongap.training.run import run_config
 
     fractions = sorted({float(f) for f in fractions}, reverse=True)
     for fraction in fractions:
@@ -164,6 +183,14 @@ def plan_exposure(
         changes["time_limit_minutes"] = time_limit_minutes / len(fractions)
     if fine_tune_steps is not None and fine_tune_steps < 1:
         raise PhotongapError(f"fine-tuning needs at least one step, got {fine_tune_steps}")
+    network_changes = dict(model_overrides or {})
+    planned = run_config(out, resume=False, preset_name=preset, config_file=config_file, model_config=None, train_config=None,
+                         overrides=changes, model_overrides=network_changes)
+    if any(np.ndim(plane) != planned.model.dims for plane in planes):
+        kind = "(Y, X) planes" if planned.model.dims == 2 else "(D, Y, X) volumes"
+        raise PhotongapError(f"this plan trains {planned.model.dims}D models: give {kind}, got shapes {sorted({np.shape(plane) for plane in planes})}")
+    if not hold_out(planes, planned.training.val_fraction, planned.training.patch_size)[1]:
+        raise PhotongapError("plan-exposure needs validation images: give at least two planes or volumes (or one tall enough to hold rows out)")
     runs, previous = [], None
     for number, fraction in enumerate(fractions):
         if on_fraction is not None:
@@ -172,13 +199,15 @@ def plan_exposure(
         run_dir = out / f"fraction_{fraction:g}"
         start = previous if fine_tune else None
         steps = {"steps": fine_tune_steps} if start is not None and fine_tune_steps is not None else {}
-        result = train(thinned, run_dir, preset=preset, config_file=config_file, overrides={**changes, **steps}, device=device,
-                       progress=progress, init_from=start)
+        result = train(thinned, run_dir, preset=preset, config_file=config_file, overrides={**changes, **steps}, model_overrides=network_changes,
+                       device=device, progress=progress, init_from=start)
         previous = result.model_path
         report_path = run_dir / "assessment.json"
         if not report_path.exists():
-            raise PhotongapError("plan-exposure needs validation images: give at least two planes (or one tall enough to hold rows out)")
-        training = load_yaml(run_dir / "config.yaml")[1]  # the validation planes are those the run held out
+            raise PhotongapError("plan-exposure needs validation images: give at least two planes or volumes (or one tall enough to hold rows out)")
+        network, training = load_yaml(run_dir / "config.yaml")  # the validation planes are those the run held out
+        if network.dims == 3 and number == 0:  # every later fraction: the first one's 3D network and patch depth
+            network_changes["depth_pools"], changes["patch_depth"] = network.depth_pools, training.patch_depth
         validation = hold_out(thinned, training.val_fraction, training.patch_size)[1]
         runs.append((fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir), start and str(start)))
     return write_plan(out, runs)

@@ -24,7 +24,8 @@ NLL_FRACTION = 0.5
 
 Method = Literal["held_out", "control", "cross", "orthogonal", "controlled"]
 Denoiser = Callable[[np.ndarray], np.ndarray]
-"""``(N, Y, X)`` counts -> ``(N, Y, X)`` estimate of their clean image, in the counts' photon units."""
+"""``(N, Y, X)`` counts -> ``(N, Y, X)`` estimate of their clean image, in the counts' photon units
+(``(N, D, Y, X)`` volumes for a 3D model: each volume one image)."""
 
 
 def extrapolation_weights(fractions: Sequence[float]) -> np.ndarray:
@@ -114,6 +115,8 @@ def split_sums(
 ) -> tuple[SplitSums, float]:
     """Split ``counts`` ``repeats`` times at each fraction, denoise each input, sum what :class:`SplitSums` holds.
 
+    ``counts``: one ``(Y, X)`` image or one ``(D, Y, X)`` volume; ``denoise`` gets ``(repeats, *counts.shape)``.
+
     Returns the sums and the held-out photon NLL per photon at the fraction nearest :data:`NLL_FRACTION`.
     One fraction's denoised splits are in memory at a time.
     """
@@ -136,7 +139,8 @@ def split_sums(
         if truth is not None:
             truth[row] = ((torch.from_numpy(np.asarray(clean, dtype=np.float64)).reshape(1, -1) - scaled) ** 2).sum(dim=1).numpy()
         if row == nearest:
-            probability = estimate.double() / estimate.double().sum(dim=(-2, -1), keepdim=True)
+            # One distribution per image: over every axis after the channel axis (a volume's too).
+            probability = estimate.double() / estimate.double().sum(dim=tuple(range(2, estimate.dim())), keepdim=True)
             target = split.target_counts.double()
             nll = float(-(target * probability.clamp_min(1e-300).log()).sum() / target.sum().clamp_min(1.0))
         if progress is not None:

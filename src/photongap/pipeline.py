@@ -72,6 +72,21 @@ def units_of(model: GapModel, image: Image) -> list[tuple[tuple[Any, ...], Any]]
     return list(iter_volumes(image))
 
 
+def model_units(model: GapModel, paths: Sequence[Path], axes: str | None, camera: Camera) -> tuple[list[np.ndarray], list[str]]:
+    """Every unit of :func:`units_of` (planes, or a 3D model's volumes) of the inputs, as in-memory float32 counts, with a name for messages.
+
+    What ``assess`` grades one by one; a 3D model's bad input (no Z or T axis, too thin) fails before any is read.
+    """
+    images = read_images(paths, axes, camera)
+    units = [(image, index, unit) for image in images for index, unit in units_of(model, image)]
+    counts, names = [], []
+    for image, index, unit in units:
+        name = plane_name(image, index)
+        counts.append(CountsView(unit, camera, name)[(slice(None),) * unit.ndim])
+        names.append(name)
+    return counts, names
+
+
 def total_tiles(model: GapModel, images: Sequence[Image], tile: int | None, overlap: int) -> int:
     """Tiles that denoising these images takes (for a progress bar)."""
     if model.config.dims == 3:

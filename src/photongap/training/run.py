@@ -106,7 +106,8 @@ def assess_validation(network: torch.nn.Module, model_config: ModelConfig, info:
     :func:`photongap.assessment.assess_planes`, and ``posterior_gain``, the median over the
     validation planes of :meth:`photongap.model.GapModel.estimate_gain` (shown by ``photongap
     info``; the sampler measures each image's own, which varied up to fivefold between images).
-    Validation planes cut from a single image (its bottom rows) are graded as they were held out.
+    Validation planes cut from a single image (its bottom rows) are graded as they were held out;
+    a 3D model's validation volumes (or the bottom rows of every plane of a single volume) whole.
     """
     import json
 
@@ -355,8 +356,7 @@ def train(
             "trained_range": trained_range(data, train_config),
             **(extra_info or {}),
         }
-        # The assessment and the posterior gain grade 2D planes; a 3D model is not graded (yet).
-        if assess and validation and model_config.dims == 2:
+        if assess and validation:  # planes, or a 3D model's (D, Y, X) validation volumes, each graded whole
             info.update(assess_validation(module.inference_network, model_config, info, validation, run_dir, accelerator))
         save_model(model_path, module.inference_network, model_config, info)
         plot_losses(read_metrics(run_files.metrics_path), run_dir / "loss.png")
