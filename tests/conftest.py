@@ -6,6 +6,9 @@ a second thread only adds contention, so the whole session runs on one.
 
 from __future__ import annotations
 
+import mmap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +74,26 @@ def trained_default_model(tmp_path_factory) -> GapModel:
     config = TrainConfig(steps=40, batch_size=8, val_fraction=0.0, precision="fp32")
     result = train(noisy, tmp_path_factory.mktemp("default") / "run", model_config=ModelConfig(), train_config=config, progress=False)
     return GapModel.load(result.model_path)
+
+
+def _resident_kb(path) -> int | None:
+    """Kilobytes of ``path``'s memory maps resident in this process (``/proc/self/smaps``), None off Linux."""
+    smaps = Path("/proc/self/smaps")
+    if not smaps.exists():
+        return None
+    name, total, inside = str(Path(path).resolve()), 0, False
+    for line in smaps.read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header: address range, perms, offset, device, inode[, path]
+            inside = len(fields) >= 6 and " ".join(fields[5:]) == name
+        elif inside and fields[:1] == ["Rss:"]:
+            total += int(fields[1])
+    return total
+
+
+@pytest.fixture(scope="session")
+def resident_kb():
+    """``resident_kb(path)``: kilobytes of that file's memory maps resident in this process; skips where it cannot be told."""
+    if _resident_kb(__file__) is None or not hasattr(mmap, "MADV_DONTNEED"):
+        pytest.skip("needs /proc/self/smaps and madvise(MADV_DONTNEED) (Linux)")
+    return _resident_kb

@@ -15,6 +15,7 @@ import zarr
 from photongap import io
 from photongap.camera import check_counts
 from photongap.errors import PhotongapError
+from photongap.io.pages import release_pages
 from photongap.io import (
     Image,
     ImageWriter,
@@ -387,6 +388,39 @@ def test_writer_creates_the_parent_folder_and_refuses_png(tmp_path: Path) -> Non
     assert path.exists()
     with pytest.raises(PhotongapError, match="a.png: cannot write this type"):
         ImageWriter(tmp_path / "a.png", (2, 2), "YX")
+
+
+def test_released_pages_leave_the_process_and_keep_their_values(tmp_path: Path, resident_kb) -> None:
+    values = np.arange(1 << 22, dtype=np.float32).reshape(64, 256, 256)  # 16 MB
+    written = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=values.shape)
+    written[...] = values
+    assert resident_kb(tmp_path / "w.npy") > 15_000
+    release_pages(written[3])  # a view hands back the whole map
+    assert resident_kb(tmp_path / "w.npy") < 100
+    assert np.array_equal(written, values)  # mapped again from the page cache
+    release_pages(written)
+    written.flush()
+    del written
+    assert np.array_equal(np.load(tmp_path / "w.npy"), values)
+    read = np.load(tmp_path / "w.npy", mmap_mode="r")
+    assert float(read[10:20].sum()) == float(values[10:20].sum()) and resident_kb(tmp_path / "w.npy") > 2_000
+    release_pages(read[10:20])
+    assert resident_kb(tmp_path / "w.npy") < 100
+    private = np.load(tmp_path / "w.npy", mmap_mode="c")
+    private[0] = -1.0  # copy-on-write: releasing would lose this, so it is left alone
+    release_pages(private)
+    assert float(private[0].max()) == -1.0 and np.array_equal(np.load(tmp_path / "w.npy"), values)
+    release_pages(values)  # in memory: nothing to do
+    release_pages(zarr.zeros((4, 4)))
+
+
+def test_writer_memory_map_hands_back_pages(tmp_path: Path, resident_kb) -> None:
+    with ImageWriter(tmp_path / "out.tif", (16, 512, 512), "ZYX") as writer:
+        for z in range(16):
+            writer.array[z] = z
+            release_pages(writer.array[z])
+        assert resident_kb(writer.partial) < 100
+    assert np.array_equal(tifffile.imread(tmp_path / "out.tif")[:, 0, 0], np.arange(16, dtype=np.float32))
 
 
 # --- output paths ------------------------------------------------------------------------

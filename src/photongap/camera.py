@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from photongap.errors import PhotongapError
+from photongap.io.pages import release_pages
 
 Units = Literal["photons", "adu"]
 
@@ -189,4 +190,6 @@ class CountsView:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return self.camera.to_counts(self.plane[key], self.name)
+        counts = self.camera.to_counts(self.plane[key], self.name)
+        release_pages(self.plane)  # a memory-mapped input's pages leave the process once read
+        return counts

@@ -17,6 +17,7 @@ import numpy as np
 from photongap.errors import PhotongapError
 from photongap.camera import Camera, CountsView
 from photongap.io import Image, ImageWriter, check_new_outputs, iter_planes, iter_volumes, read_image, volume_axis, write_image
+from photongap.io.pages import release_pages
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from photongap.model import GapModel
 from photongap.sampling import PosteriorSamples
@@ -138,6 +139,7 @@ def denoise_file(
             if camera.shift or output_units == "adu":
                 for key in image_blocks(tuple(result.shape)):
                     result[key] = camera.output(result[key], output_units)
+                    release_pages(result)
             if target is None:
                 writer.array[index] = result
     return out_path

@@ -4,7 +4,9 @@ The softmax of GAP is over the whole image, so tiles are never normalised on the
 each tile's logits are computed with a margin of context, only the tile's centre is kept
 (where the tile sees the most context, so stitched logits match an untiled pass), and
 the normaliser is taken over the stitched image. Inputs and outputs may be memory-mapped
-arrays or Zarr arrays: they are read and written tile by tile and block by block.
+arrays or Zarr arrays: they are read and written tile by tile and block by block, and a
+memory map's pages are handed back as it goes (:func:`photongap.io.pages.release_pages`), so
+the process never holds the whole input or output in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from photongap.config import DEFAULT_OVERLAP, MAX_TILE_VOXELS
+from photongap.io.pages import release_pages
 from photongap.physics import log_normaliser, mmse_from_logits
 from photongap.runtime import LogitsFn
 
@@ -202,6 +205,8 @@ def predict_logits(
             logits = logits_fn(torch.from_numpy(windows)[:, None]).float().cpu().numpy()[:, 0]
             for item, tile_logits in zip(group, logits):
                 out[tuple(slice(core.start - span.start, core.stop - span.start) for core, span in zip(item.core, spans))] = tile_logits[item.core_in_window]
+        release_pages(counts)
+        release_pages(out)
         if progress is not None:
             progress(len(batch))
     return out
@@ -220,10 +225,24 @@ def image_blocks(shape: tuple[int, ...]) -> Iterator[tuple[int | slice, ...]]:
             yield (*leading, rows)
 
 
+def image_total(counts: Any) -> float:
+    """``sum(counts)`` of a (possibly memory-mapped or lazy) ``(Y, X)`` plane or ``(D, Y, X)`` volume, block by block, in float64."""
+    total = 0.0
+    for key in image_blocks(tuple(counts.shape)):
+        total += float(np.asarray(counts[(*key, slice(None))], dtype=np.float64).sum())
+        release_pages(counts)
+    return total
+
+
 def image_log_normaliser(logits: Any) -> float:
     """:func:`photongap.physics.log_normaliser` of a (possibly memory-mapped) ``(Y, X)`` or ``(D, Y, X)`` logits image, block by block."""
-    blocks = [log_normaliser(torch.from_numpy(np.asarray(logits[key]))[None]) for key in image_blocks(logits.shape)]
-    return float(torch.logsumexp(torch.cat(blocks), dim=0))
+    normalisers = []
+    for key in image_blocks(logits.shape):
+        # Floats, not tensors: a small tensor kept from each block pinned the block's freed float64
+        # copy in the C heap, which then grew by a block per block (1.9 GB for 64 x 2048 x 2048).
+        normalisers.append(float(log_normaliser(torch.from_numpy(np.asarray(logits[key]))[None])))
+        release_pages(logits)
+    return float(torch.logsumexp(torch.tensor(normalisers, dtype=torch.float64), dim=0))
 
 
 def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any:
@@ -239,6 +258,8 @@ def mmse_image(logits: Any, total_photons: float, out: Any | None = None) -> Any
     for key in image_blocks(logits.shape):
         block = torch.from_numpy(np.asarray(logits[key]))[None]
         out[key] = mmse_from_logits(block, total, normaliser)[0].numpy()
+        release_pages(logits)
+        release_pages(out)
     return out
 
 
@@ -308,8 +329,7 @@ def denoise_plane(
     16k x 16k plane needs no second full-size buffer. A volume is one image: one softmax over
     all its voxels, as in training.
     """
-    columns = (slice(None),)
-    total = float(sum(np.asarray(counts[(*key, *columns)], dtype=np.float64).sum() for key in image_blocks(tuple(counts.shape))))
+    total = image_total(counts)
     target = out if isinstance(out, np.ndarray) else None
     logits = predict_logits(
         logits_fn, counts, tile=tile, overlap=overlap, multiple=multiple, context=context, batch_size=batch_size, out=target, progress=progress
