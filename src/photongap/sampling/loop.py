@@ -269,7 +269,7 @@ def accumulate_photons(
         else:
             prediction = predict(logits_fn, current, posterior, generator, step)
             logits, predictive = prediction.logits, prediction.predictive.probabilities
-            if first is None:
+            if posterior.centre and first is None:
                 first = predictive.double().mean(dim=0, keepdim=True)
             thinned_per_sample = thinned_per_sample.index_add(0, active, prediction.thinned.long())
             updated = dirichlet_step(prediction.predictive, current, photons, generator)
@@ -290,7 +290,7 @@ def accumulate_photons(
         return SamplingResult(mmse_from_logits(final_logits, total), counts, step, steps_per_sample, done)
     prediction = predict(logits_fn, counts, posterior, generator, step + 1)
     thinned_per_sample = thinned_per_sample + prediction.thinned.long()
-    if posterior.centre and first is not None:
+    if first is not None:
         prediction = centred(prediction, first)
     samples = final_estimate(prediction, total, posterior.final, generator)
     return SamplingResult(samples, counts, step, steps_per_sample, done, thinned_per_sample)
