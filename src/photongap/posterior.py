@@ -160,32 +160,44 @@ def tweedie_gain_map(mean: torch.Tensor, probed: torch.Tensor, probes: torch.Ten
     Parameters
     ----------
     mean : torch.Tensor
-        ``(B, 1, Y, X)`` ``mu(y)`` in photons of ``y``.
+        ``(B, 1, Y, X)`` ``mu(y)`` in photons of ``y`` (or a volume's ``(B, 1, D, Y, X)``: the
+        windows then span D too).
     probed : torch.Tensor
-        ``(B, 1, Y, X)`` ``mu(y + probes)`` in photons of ``y + probes``.
+        ``mu(y + probes)`` in photons of ``y + probes``, of the same shape.
     probes : torch.Tensor
-        ``(B, 1, Y, X)`` 0/1, the pixels given one more photon.
+        0/1 of the same shape, the pixels given one more photon.
     window : int
         Odd side of the pooling window.
 
     Returns
     -------
     torch.Tensor
-        ``(B, 1, Y, X)`` float64, positive.
+        The map, of the shape of ``mean``, float64, positive.
     """
     mean, probes = mean.double(), probes.double()
     response = probed.double() - mean
-
-    def box(image: torch.Tensor, side: int) -> torch.Tensor:
-        padded = torch.nn.functional.pad(image, (side // 2,) * 4, mode="replicate")
-        return torch.nn.functional.avg_pool2d(padded, side, stride=1)
-
-    around = box(response * (1 - probes), 7) / box(1 - probes, 7).clamp_min(1e-12)
+    around = local_mean(response * (1 - probes), 7) / local_mean(1 - probes, 7).clamp_min(1e-12)
     delta = ((response - around) * probes).clamp_min(0)
-    weight, spread = box(mean * probes, window), box(mean * delta, window)
-    overall = weight.sum(dim=(1, 2, 3), keepdim=True) / spread.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-300)
-    floor = 0.1 * weight.mean(dim=(1, 2, 3), keepdim=True)
+    weight, spread = local_mean(mean * probes, window), local_mean(mean * delta, window)
+    axes = tuple(range(1, mean.dim()))
+    overall = weight.sum(dim=axes, keepdim=True) / spread.sum(dim=axes, keepdim=True).clamp_min(1e-300)
+    floor = 0.1 * weight.mean(dim=axes, keepdim=True)
     return (weight + floor) / (spread + floor / overall)
+
+
+def local_mean(image: torch.Tensor, side: int) -> torch.Tensor:
+    """The mean over a box of odd ``side`` around each pixel (each voxel of a volume), edges replicated.
+
+    ``image`` is ``(B, C, Y, X)`` or ``(B, C, D, Y, X)``; the box spans every axis after the
+    channel axis, so one call serves 2D images and 3D volumes alike.
+
+    >>> local_mean(torch.arange(3.0).reshape(1, 1, 1, 3), 3).flatten().tolist()
+    [0.3333333432674408, 1.0, 1.6666666269302368]
+    """
+    spatial = image.dim() - 2
+    padded = torch.nn.functional.pad(image, (side // 2,) * (2 * spatial), mode="replicate")
+    pool = torch.nn.functional.avg_pool2d if spatial == 2 else torch.nn.functional.avg_pool3d
+    return pool(padded, side, stride=1)
 
 
 class HeldOutError(NamedTuple):

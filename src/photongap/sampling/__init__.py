@@ -13,11 +13,12 @@ channels_last, tiling), e.g. ``lambda counts: net(counts)`` under ``torch.no_gra
 """
 
 from photongap.sampling.loop import PosteriorSamples, SamplingResult, StepState, accumulate_photons, generate
-from photongap.sampling.predictive import DirichletPosterior, Prediction, centred, final_estimate, predict
+from photongap.sampling.predictive import DirichletPosterior, Prediction, centred, draw_variance, final_estimate, predict, prior_variance
 from photongap.sampling.step import dirichlet_step, draw_photons, sample_step
 from photongap.sampling.stop import DB_ABOVE_TRAINED, StopRule, expected_network_calls
 
 __all__ = [
     "DB_ABOVE_TRAINED", "DirichletPosterior", "PosteriorSamples", "Prediction", "SamplingResult", "StepState", "StopRule",
-    "accumulate_photons", "centred", "dirichlet_step", "draw_photons", "expected_network_calls", "final_estimate", "generate", "predict", "sample_step",
+    "accumulate_photons", "centred", "dirichlet_step", "draw_photons", "draw_variance", "expected_network_calls", "final_estimate", "generate", "predict",
+    "prior_variance", "sample_step",
 ]

@@ -11,7 +11,7 @@ import torch
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, photons_per_pixel, pseudo_psnr
 from photongap.runtime import LogitsFn
-from photongap.sampling.predictive import DirichletPosterior, centred, checked_logits, final_estimate, predict
+from photongap.sampling.predictive import DirichletPosterior, centred, checked_logits, draw_variance, final_estimate, predict, prior_variance
 from photongap.sampling.step import dirichlet_step, sample_step
 from photongap.sampling.stop import StopRule
 from photongap.schedule import PUBLISHED_SCHEDULE, PhotonSchedule
@@ -207,7 +207,9 @@ def accumulate_photons(
     by the predictive's own strength). The sample is one draw ``q ~ Dir(alpha_T)`` of the
     final predictive times ``scale_to`` (``final="draw"``), or its mean; with ``centre`` (a
     batch of samples of one image) the final predictives are first drawn back to average to
-    the first one (:func:`~photongap.sampling.predictive.centred`).
+    the first one (:func:`~photongap.sampling.predictive.centred`), and the draw adds only
+    the variance their spread leaves of the first predictive's
+    (:func:`~photongap.sampling.predictive.draw_variance`).
 
     Parameters
     ----------
@@ -256,7 +258,7 @@ def accumulate_photons(
     thinned_per_sample = torch.zeros(batch, dtype=torch.long, device=counts.device)
     done = torch.zeros(batch, dtype=torch.bool, device=counts.device)
     active = torch.arange(batch, device=counts.device)
-    first = None  # the batch's mean predictive at step 1 (for DirichletPosterior.centre)
+    first = variance = None  # the batch's mean predictive at step 1 and its variance (for DirichletPosterior.centre)
     step = 0
     while active.numel() > 0 and step < stop.max_steps:
         step += 1
@@ -271,6 +273,7 @@ def accumulate_photons(
             logits, predictive = prediction.logits, prediction.predictive.probabilities
             if posterior.centre and first is None:
                 first = predictive.double().mean(dim=0, keepdim=True)
+                variance = prior_variance(prediction.predictive)
             thinned_per_sample = thinned_per_sample.index_add(0, active, prediction.thinned.long())
             updated = dirichlet_step(prediction.predictive, current, photons, generator)
         # A new tensor each step (not an in-place write), so the counts handed to
@@ -290,9 +293,11 @@ def accumulate_photons(
         return SamplingResult(mmse_from_logits(final_logits, total), counts, step, steps_per_sample, done)
     prediction = predict(logits_fn, counts, posterior, generator, step + 1)
     thinned_per_sample = thinned_per_sample + prediction.thinned.long()
+    allowed = None
     if first is not None:
         prediction = centred(prediction, first)
-    samples = final_estimate(prediction, total, posterior.final, generator)
+        allowed = draw_variance(prediction, first, variance)
+    samples = final_estimate(prediction, total, posterior.final, generator, allowed)
     return SamplingResult(samples, counts, step, steps_per_sample, done, thinned_per_sample)
 
 

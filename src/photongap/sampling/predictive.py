@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from photongap.errors import PhotongapError
-from photongap.posterior import DirichletPredictive, dirichlet_predictive, thin_to_level
+from photongap.posterior import DirichletPredictive, dirichlet_predictive, local_mean, thin_to_level
 from photongap.runtime import LogitsFn
 
 
@@ -29,7 +29,7 @@ class DirichletPosterior:
     ----------
     gain : float or torch.Tensor
         ``g`` of :func:`photongap.posterior.network_gain`: the prediction from ``y`` counts as
-        ``g * sum(y)`` photons of evidence; or a map ``(1, 1, Y, X)`` of it over the image
+        ``g * sum(y)`` photons of evidence; or a map ``(1, 1, Y, X)`` (a volume's ``(1, 1, D, Y, X)``) of it over the image
         (:func:`photongap.posterior.tweedie_gain_map`, every sample of the batch of one image).
     trained_top : float or None
         Pseudo-PSNR (dB) of the brightest inputs the network was trained on; the network is
@@ -39,7 +39,8 @@ class DirichletPosterior:
         (the uncertainty left at the end, at no extra network call), or its mean ``alpha_T / A_T``.
     centre : bool
         The batch is samples of one image: remove from their final predictives the drift their
-        mean shows from the first prediction (:func:`centred`).
+        mean shows from the first prediction (:func:`centred`), and keep the samples' total
+        spread the first predictive's (:func:`draw_variance`).
     """
 
     gain: float | torch.Tensor
@@ -49,8 +50,8 @@ class DirichletPosterior:
 
     def __post_init__(self) -> None:
         if isinstance(self.gain, torch.Tensor):
-            if not (self.gain.dim() == 4 and bool(torch.isfinite(self.gain).all()) and bool((self.gain > 0).all())):
-                raise PhotongapError(f"a posterior gain map must be a positive finite (1, 1, Y, X) tensor, got shape {tuple(self.gain.shape)}")
+            if not (self.gain.dim() in (4, 5) and bool(torch.isfinite(self.gain).all()) and bool((self.gain > 0).all())):
+                raise PhotongapError(f"a posterior gain map must be a positive finite (1, 1, Y, X) or (1, 1, D, Y, X) tensor, got shape {tuple(self.gain.shape)}")
         elif not (math.isfinite(self.gain) and self.gain > 0):
             raise PhotongapError(f"the posterior gain must be a positive number, got {self.gain}")
         if self.trained_top is not None and not math.isfinite(self.trained_top):
@@ -118,18 +119,63 @@ def centred(prediction: Prediction, first: torch.Tensor) -> Prediction:
     return Prediction(prediction.logits, DirichletPredictive(shifted.float(), prediction.predictive.strength), prediction.thinned)
 
 
-def final_estimate(prediction: Prediction, total: torch.Tensor, final: Literal["draw", "mean"], generator: torch.Generator | None) -> torch.Tensor:
+SPREAD_WINDOW = 5
+"""Side of the box the spread of a batch's final predictives is averaged over (:func:`draw_variance`).
+
+Sixteen samples measure a pixel's variance to about 37%; pooled over 5 x 5 pixels, to under 10%.
+"""
+
+
+def prior_variance(predictive: DirichletPredictive) -> torch.Tensor:
+    """Each pixel's variance of the normalised clean image under ``predictive``: ``P_i / A_i``, the batch's mean, ``(1, 1, Y, X)`` float64."""
+    return (predictive.probabilities.double() / predictive.per_pixel_strength.clamp_min(torch.finfo(torch.float64).tiny)).mean(dim=0, keepdim=True)
+
+
+def draw_variance(prediction: Prediction, first: torch.Tensor, variance: torch.Tensor, window: int = SPREAD_WINDOW) -> torch.Tensor:
+    """What the final draw of each pixel may add to the spread its final predictive already has.
+
+    By the law of total variance a sample's variance is the spread of the final predictives
+    over the batch, ``W_i = mean_b (P_b,i - first_i)**2`` (about ``first``: the batch was
+    centred), plus the variance of the draw from them. For an exact model (a Polya urn) the
+    two add up to the first predictive's ``variance`` ``V_i``: photons added step by step
+    move the predictive, and the draw is narrower by as much. A network run again on images
+    partly made of its own photons moves it further: on the demo data and the Hubble deep
+    field at 0.1 and 1 photon/px the samples spread 3-49% more than ``V``. So the draw gets
+    ``V_i (1 - w_i)`` with ``w_i = local_mean(W) / local_mean(V)`` over a ``window`` box
+    (clipped to [0, 1]): the total stays ``V``, and where the predictives alone spread more,
+    the draw adds nothing. One sample (``B = 1``, ``W = 0``) draws with ``V``.
+    """
+    spread = ((prediction.predictive.probabilities.double() - first.double()) ** 2).mean(dim=0, keepdim=True)
+    if prediction.predictive.probabilities.shape[0] < 2:  # one sample: no spread to measure
+        spread = torch.zeros_like(spread)
+    share = local_mean(spread, window) / local_mean(variance, window).clamp_min(torch.finfo(torch.float64).tiny)
+    return variance * (1 - share).clamp(0.0, 1.0)
+
+
+def final_estimate(
+    prediction: Prediction, total: torch.Tensor, final: Literal["draw", "mean"], generator: torch.Generator | None, variance: torch.Tensor | None = None
+) -> torch.Tensor:
     """The sample in photon units of ``total`` ``(B,)``: ``q * total`` with ``q ~ Dir(alpha)``, or ``P * total``.
 
     A Dirichlet draw is independent Gamma draws normalised to one (in float64, so that the
-    tiny concentrations of dark pixels do not all round to zero).
+    tiny concentrations of dark pixels do not all round to zero). With ``variance`` (a map
+    of each pixel's variance of ``q``, e.g. :func:`draw_variance`) each Gamma has mean ``P_i``
+    and that variance instead: shape ``P_i**2 / variance_i`` (a variance of ``P_i / A_i`` is
+    the Dirichlet draw itself).
     """
     shape = (-1, *([1] * (prediction.logits.dim() - 1)))
     total = total.to(prediction.logits.device, torch.float64).reshape(shape)
     if final == "mean":
         return (prediction.predictive.probabilities.double() * total).float()
-    alpha = prediction.predictive.concentration.clamp_min(torch.finfo(torch.float64).tiny)
-    # Gamma(alpha_i) / A_i: the clean image up to one factor (A is one number per image for the Dirichlet).
-    gamma = torch._standard_gamma(alpha, generator=generator) / prediction.predictive.per_pixel_strength.clamp_min(torch.finfo(torch.float64).tiny)
-    share = gamma / gamma.reshape(gamma.shape[0], -1).sum(dim=1).clamp_min(torch.finfo(torch.float64).tiny).reshape(shape)
+    tiny = torch.finfo(torch.float64).tiny
+    if variance is None:
+        alpha = prediction.predictive.concentration.clamp_min(tiny)
+        # Gamma(alpha_i) / A_i: the clean image up to one factor (A is one number per image for the Dirichlet).
+        gamma = torch._standard_gamma(alpha, generator=generator) / prediction.predictive.per_pixel_strength.clamp_min(tiny)
+    else:
+        probabilities = prediction.predictive.probabilities.double()
+        # A variance of zero is a shape of 1e12: the draw is P itself to a millionth.
+        alpha = (probabilities**2 / variance.double().clamp_min(1e-12 * probabilities.square().max())).clamp(tiny, 1e12)
+        gamma = torch._standard_gamma(alpha, generator=generator) * probabilities / alpha
+    share = gamma / gamma.reshape(gamma.shape[0], -1).sum(dim=1).clamp_min(tiny).reshape(shape)
     return (share * total).float()
