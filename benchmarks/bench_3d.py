@@ -22,12 +22,19 @@ network, fp32 and bf16, one torch thread, median of a few repeats.
 ``similarity``: how alike neighbouring clean planes (frames) are: PSNR of each against the next
 and against the mean of the 3 and 5 around it (PSNR does not depend on the photon level).
 
+``sampling``: posterior samples of the models ``quality`` left in bench-output/models (its last
+run's), n = 16 with default sampling, on two 192 x 192 px crops of the held-out volume, every
+plane: the mean of the samples against the MMSE, one sample, and the truth inside the samples'
+central 80% (rank coverage); the 3D model samples each crop as one volume, the 2D model plane
+by plane.
+
 ``peers``: CAREamics' Noise2Void with 3D patches (axes ZYX, the time-lapse's frames as Z; 16 x 32
 x 32 patches in batches of 4 for the z-stack, 8 x 32 x 32 in batches of 8 for the time-lapse) for the
 same minutes on the same volumes, one thread, in the peers' environment (``make bench-peers``).
 
     .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4
     .venv/bin/python benchmarks/bench_3d.py peers --minutes 10 --snapshot 4
+    .venv/bin/python benchmarks/bench_3d.py sampling --data timelapse --level 0.1
     .venv/bin/python benchmarks/bench_3d.py similarity
     .venv/bin/python benchmarks/bench_3d.py throughput
 """
@@ -199,6 +206,32 @@ def peers(args: argparse.Namespace) -> None:
     report("bench_3d_peers_" + "_".join(args.data), results)
 
 
+def sampling(args: argparse.Namespace) -> None:
+    """Posterior samples of the cached 2D and 3D models on crops of the held-out volume (see the module docstring)."""
+    from bench_sampling import rank_coverage_80
+
+    torch.set_num_threads(1)
+    rng, results = np.random.default_rng(7), {}
+    for name in args.data:
+        for level in args.level:
+            _, test_volume, clean = split(name, level)
+            for dims in (3, 2):
+                model = GapModel.load(OUTPUT / "models" / f"3d_{name}_{level:g}_{dims}d" / "model.pt")
+                rows = []
+                for corner in (0, 256 if test_volume.shape[1] >= 448 else 0):
+                    truth, counts = (volume[:, corner : corner + 192, corner : corner + 192] for volume in (clean, test_volume))
+                    if dims == 3:
+                        mmse, samples = model.denoise(counts, device="cpu"), model.sample(counts, 16, seed=3, device="cpu").samples
+                    else:
+                        mmse = np.stack([model.denoise(plane, device="cpu") for plane in counts])
+                        samples = np.stack([model.sample(plane, 16, seed=3 + i, device="cpu").samples for i, plane in enumerate(counts)], axis=1)
+                    rows.append({"mmse": psnr(truth, mmse), "mean_minus_mmse": psnr(truth, samples.mean(axis=0)) - psnr(truth, mmse),
+                                 "single": float(np.mean([psnr(truth, sample) for sample in samples])), "rank_coverage": rank_coverage_80(samples, truth, rng)})
+                results[f"{name}_{level:g}ppx_{dims}d"] = {key: round(float(np.mean([row[key] for row in rows])), 3) for key in rows[0]}
+                print(json.dumps({f"{name}_{level:g}ppx_{dims}d": results[f"{name}_{level:g}ppx_{dims}d"]}), flush=True)
+    report("bench_3d_sampling", results)
+
+
 def throughput(args: argparse.Namespace) -> None:
     """Training patches/s and denoising Mvoxels/s, fp32 and bf16, 2D and 3D default networks, one thread."""
     torch.set_num_threads(1)
@@ -253,6 +286,9 @@ def main() -> None:
     worker = commands.add_parser("worker")
     for field, kind in (("name", str), ("level", float), ("dims", int), ("minutes", float), ("snapshot", float)):
         worker.add_argument(field, type=kind)
+    posterior = commands.add_parser("sampling")
+    posterior.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
+    posterior.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
     alike = commands.add_parser("similarity")
     alike.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
     speed = commands.add_parser("throughput")
@@ -264,6 +300,8 @@ def main() -> None:
         quality(args)
     elif args.command == "peers":
         peers(args)
+    elif args.command == "sampling":
+        sampling(args)
     elif args.command == "similarity":
         similarity(args)
     else:
