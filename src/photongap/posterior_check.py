@@ -46,9 +46,9 @@ Near 1, so that the check tests the sampler near the level it is used at: a defa
 model's trained range reaches down to half the data's photons only, and at ``p = 0.5`` the
 check's samples sat at its bottom, with their gain measured below it. There the check read
 5-7 points below the coverage of the full-level samples at 1 photon/px; at 0.8 (1 dB below
-the data) it was within 0.3 points on both data sets (benchmarks/bench_sampling.py). The
+the data) it was within 2.7 points on both data sets (benchmarks/bench_sampling.py). The
 held-out ``b`` is then noisier (its weight grows as ``p / (1 - p)``): at 0.1 photons/px it
-holds too few photons, the check's standard error is 5-6 points and it read 11-13 points low
+holds too few photons, the check's standard error is 5 points and it read 9-11 points low
 (README, known limits)."""
 CHECK_BINS = 10
 """Bins of predicted variance."""

@@ -36,7 +36,8 @@ class DirichletPosterior:
         run on a copy thinned to it whenever the counts are brighter. None: never thin.
     final : {"draw", "mean"}
         The sample: one draw ``q ~ Dir(alpha_T)`` of the clean image given the final counts
-        (the uncertainty left at the end, at no extra network call), or its mean ``alpha_T / A_T``.
+        (the uncertainty left at the end, at no extra network call; with ``centre``, of the
+        variance :func:`draw_variance` leaves), or its mean ``alpha_T / A_T``.
     centre : bool
         The batch is samples of one image: remove from their final predictives the drift their
         mean shows from the first prediction (:func:`centred`), and keep the samples' total

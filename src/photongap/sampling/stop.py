@@ -23,7 +23,7 @@ sees two thirds of them, after two (3 dB) half. That loss biased the samples' me
 on two data sets: 2% of the MMSE's squared error after one step, 5-7% after two) until the
 samples were centred (:func:`~photongap.sampling.predictive.centred`); the wider chain did not
 improve the coverage either way (4 dB above: 1-1.5 points wider at 0.1 photons/px, twice the
-calls); the final Dirichlet draw supplies the uncertainty still left."""
+calls); the final draw supplies the uncertainty still left."""
 
 
 @dataclass(frozen=True)
