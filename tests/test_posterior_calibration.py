@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level, tweedie_gain_map
+from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level
+from photongap.robbins import probe_halves, robbins_gain_map, robbins_steps, self_response
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -83,7 +84,7 @@ def test_default_samples_cover_the_truth_at_80_percent_and_their_mean_is_the_mms
     for seed in range(2):
         clean, counts = scene(seed)
         posterior = exact_model.sample(counts, 16, seed=seed, device="cpu")
-        assert posterior.network_calls == 2 and posterior.gain_calls == 14  # one step above the trained top and the final draw; the gain and its map
+        assert posterior.network_calls == 2 and posterior.gain_calls == 12 + 19  # one step above the trained top and the final draw; the gain, and its map
         mmse = (K + counts) * THETA / (1 + THETA)
         coverage.append(rank_coverage(posterior.samples, clean, rng))
         gaps.append(psnr(clean, posterior.mean) - psnr(clean, mmse))
@@ -125,21 +126,54 @@ def test_the_gain_map_of_the_exact_network_is_its_true_gain_everywhere(exact_mod
     assert given == 10.0 and float(scaled.mean()) == pytest.approx(10.0, rel=0.05)
 
 
+def box(y: torch.Tensor, side: int) -> torch.Tensor:
+    """A box smoother of odd ``side`` over every spatial axis: posterior-mean-like, ``J_ii = 1 / side**dims``."""
+    spatial = y.dim() - 2
+    pool = torch.nn.functional.avg_pool2d if spatial == 2 else torch.nn.functional.avg_pool3d
+    return pool(torch.nn.functional.pad(y, (side // 2,) * (2 * spatial), mode="replicate"), side, stride=1)
+
+
+def robbins_map(smoother, counts: torch.Tensor, steps, window: int = 3) -> torch.Tensor:
+    response = torch.zeros_like(counts, dtype=torch.float64)
+    for first, second in probe_halves(counts, steps, torch.Generator().manual_seed(1)):
+        response += self_response(smoother(counts + first), smoother(counts + second), first, second)
+    return robbins_gain_map(response, window)
+
+
 def test_the_gain_map_is_higher_where_the_network_pools_more_photons():
-    counts = torch.poisson(torch.full((1, 1, 96, 96), 3.0), generator=torch.Generator().manual_seed(0))
+    counts = torch.poisson(torch.full((1, 1, 96, 96), 3.0), generator=torch.Generator().manual_seed(0)).double()
 
-    def smoother(y):  # 3 x 3 box on the left half, 9 x 9 on the right: posterior variance mu/9 and mu/81
-        narrow = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (1,) * 4, mode="replicate"), 3, stride=1)
-        wide = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (4,) * 4, mode="replicate"), 9, stride=1)
-        return torch.cat([narrow[..., :48], wide[..., 48:]], dim=-1)
+    def smoother(y):  # 3 x 3 box on the left, 5 x 5 in the middle, 9 x 9 on the right: g = 9, 25, 81
+        return torch.cat([box(y, 3)[..., :32], box(y, 5)[..., 32:64], box(y, 9)[..., 64:]], dim=-1)
 
-    probes = (torch.rand(counts.shape, generator=torch.Generator().manual_seed(1)) < 1 / 16).double()
-    gain_map = tweedie_gain_map(smoother(counts.double()), smoother(counts.double() + probes), probes)
-    left, right = float(gain_map[..., 16:80, 8:36].median()), float(gain_map[..., 16:80, 60:88].median())
-    # The shape is what the map is for (it is scaled to the held-out gain): 81 / 9. Each value reads
-    # about 1.5 times high, the probe's own spread leaking into the 7 x 7 ring it is compared with.
-    assert right / left == pytest.approx(9.0, rel=0.25)
-    assert 9.0 <= left < 2 * 9.0 and 81.0 <= right < 2 * 81.0
+    gain_map = robbins_map(smoother, counts, (3, 3))
+    # Boxes narrower than the lattice see no other probe: the map is exact there.
+    # (Away from the edges, where the replicated border counts a photon twice.)
+    torch.testing.assert_close(gain_map[..., 4:92, 4:28], torch.full_like(gain_map[..., 4:92, 4:28], 9.0))
+    torch.testing.assert_close(gain_map[..., 4:92, 36:60], torch.full_like(gain_map[..., 4:92, 36:60], 25.0))
+    # The 9 x 9 box holds eight other lattice points, each added to or taken from the reading at
+    # random: unbiased but noisy, so the mean of the self-responses 1 / g. Probing each lattice
+    # whole instead (the halves' complement left out) would read 9 / 81 here, where the truth is 1 / 81.
+    assert float((1 / gain_map[..., 8:88, 70:90]).mean()) == pytest.approx(1 / 81, rel=0.2)
+    # A reading of zero or less is a pixel without spread; averaged over 3 x 3 readings, fewer
+    # pixels read so (a single reading is 1/81 plus noise of sd sqrt(8)/81: 36% of pixels).
+    single = robbins_map(smoother, counts, (3, 3), window=1)[..., 8:88, 70:90]
+    floored = lambda gains: float((gains > 1000).double().mean())  # noqa: E731
+    assert floored(single) > 0.25 and floored(gain_map[..., 8:88, 70:90]) < 0.5 * floored(single)
+
+
+def test_the_self_response_of_one_lattice_cancels_the_spread_of_its_neighbours():
+    """Each lattice point's reading is ``J_ii`` plus its neighbours' responses with random signs: over many halvings, ``J_ii``."""
+    counts = torch.poisson(torch.full((1, 1, 48, 48), 3.0), generator=torch.Generator().manual_seed(0)).double()
+    generator = torch.Generator().manual_seed(2)
+    readings = []
+    for _ in range(40):
+        first, second = next(probe_halves(counts, (3, 3), generator))
+        readings.append(self_response(box(counts + first, 9), box(counts + second, 9), first, second)[..., 9:39:3, 9:39:3])
+    readings = torch.stack(readings)
+    assert float(readings.mean()) == pytest.approx(1 / 81, rel=0.15)
+    # A single halving is noisy: eight neighbours of 1/81 each with a random sign.
+    assert float(readings.std()) == pytest.approx(math.sqrt(8) / 81, rel=0.15)
 
 
 def test_a_flat_gain_map_is_the_dirichlet_and_a_higher_gain_narrows_its_pixels():
@@ -157,21 +191,15 @@ def test_a_flat_gain_map_is_the_dirichlet_and_a_higher_gain_narrows_its_pixels()
     assert float(relative_variance[..., 8:].mean()) < 0.5 * float(relative_variance[..., :8].mean())
 
 
-def test_the_gain_map_of_a_volume_pools_over_its_planes_too():
-    """The same Robbins map on a (D, Y, X) volume: a 3 x 3 x 3 box against a 5 x 5 x 5 one (mu/27, mu/125).
-
-    The wider box's response leaks further into the 7 x 7 x 7 ring each probe is compared
-    with, so its gain reads low: the ratio comes out about 3.3 where the truth is 4.6.
-    """
-    counts = torch.poisson(torch.full((1, 1, 20, 48, 48), 3.0), generator=torch.Generator().manual_seed(0))
+def test_the_gain_map_of_a_volume_reads_its_planes_too():
+    """The same map on a (D, Y, X) volume with the lattice of volumes: a 3 x 3 x 3 box against a 5 x 5 x 5 one (g = 27 and 125)."""
+    counts = torch.poisson(torch.full((1, 1, 20, 48, 48), 3.0), generator=torch.Generator().manual_seed(0)).double()
 
     def smoother(y):
-        narrow = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(y, (1,) * 6, mode="replicate"), 3, stride=1)
-        wide = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(y, (2,) * 6, mode="replicate"), 5, stride=1)
-        return torch.cat([narrow[..., :24], wide[..., 24:]], dim=-1)
+        return torch.cat([box(y, 3)[..., :24], box(y, 5)[..., 24:]], dim=-1)
 
-    probes = (torch.rand(counts.shape, generator=torch.Generator().manual_seed(1)) < 1 / 16).double()
-    gain_map = tweedie_gain_map(smoother(counts.double()), smoother(counts.double() + probes), probes, window=9)
-    assert gain_map.shape == counts.shape
-    left, right = float(gain_map[..., 4:16, 8:40, 4:14].median()), float(gain_map[..., 4:16, 8:40, 34:44].median())
-    assert 2.5 < right / left < 125 / 27 * 1.25
+    gain_map = robbins_map(smoother, counts, robbins_steps(3))
+    assert gain_map.shape == counts.shape and robbins_steps(3) == (2, 3, 3)
+    # Planes 2 apart: the narrow box sees no other probe, the wide one two (above and below).
+    torch.testing.assert_close(gain_map[..., 2:18, 4:44, 2:20], torch.full_like(gain_map[..., 2:18, 4:44, 2:20], 27.0))
+    assert float((1 / gain_map[..., 4:16, 8:40, 30:44]).mean()) == pytest.approx(1 / 125, rel=0.2)

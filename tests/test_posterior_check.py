@@ -79,7 +79,7 @@ def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path
 
     tiny_model.info = {"trained_range": [-3.0, -0.2]}
     tiny_model.save(tmp_path / "model.pt")
-    tifffile.imwrite(tmp_path / "cell.tif", poisson_image((32, 32), 1.0))
+    tifffile.imwrite(tmp_path / "cell.tif", poisson_image((128, 128), 1.0))  # enough held-out photons to be conclusive
     result = CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "cell.tif"), "-o", str(tmp_path / "out"), "-n", "4", "--posterior-gain", "4", "--device", "cpu", "--check"])
     assert result.exit_code == 0, result.output
     assert "check cell.tif: the samples' central 80% would hold" in result.output
@@ -124,3 +124,29 @@ def test_the_sample_command_checks_a_3d_model_volume_by_volume(tmp_path):
     assert result.exit_code == 0, result.output
     assert "check stack.tif volume (0,): the samples' central 80% would hold" in result.output
     assert "check stack.tif volume (1,):" in result.output
+
+
+def pooled_toy(seed: int, level: float, shape: tuple[int, int] = (128, 128), p: float = 0.8, n: int = 16):
+    """Calibrated samples far narrower than the held-out photons' noise, as from a network that pools many pixels.
+
+    The truth ``p lambda`` and the samples are exchangeable draws around one centre (spread 10% of
+    the signal), so their coverage is 80% by construction; ``b`` is the held-out Poisson image."""
+    rng = np.random.default_rng(seed)
+    clean = level * np.exp(rng.normal(0.0, 0.5, shape))
+    x = rng.poisson(clean)
+    held_out = x - rng.binomial(x, p)
+    sigma = 0.1 * p * clean
+    centre = p * clean + sigma * rng.standard_normal(shape)
+    return centre + sigma * rng.standard_normal((n, *shape)), held_out.astype(np.float64), p
+
+
+@pytest.mark.parametrize("level", [0.1, 10.0])
+def test_the_standard_error_holds_when_the_held_out_photons_swamp_the_spread(level):
+    """Each bin's error is then many times its spread or negative, and the reading saturates: drawn
+    around itself alone, its noise read 0.6-0.8 of the spread of the readings, and at 10 photons/px
+    11 of 12 readings called themselves conclusive."""
+    readings = [spread_skill(*pooled_toy(seed, level)) for seed in range(8)]
+    spread = float(np.std([check.implied_coverage for check in readings], ddof=1))
+    stated = float(np.mean([check.standard_error for check in readings]))
+    assert 0.85 < stated / spread < 2.0, (stated, spread)
+    assert not any(check.conclusive for check in readings)

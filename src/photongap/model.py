@@ -25,7 +25,7 @@ from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_devic
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
 from photongap.sampling.stop import LEVEL_TOLERANCE_DB, warn_outside_trained
-from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, held_out_gain, spread_gain
+from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, held_out_gain, spread_calls, spread_gain
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles, window_tile
 
 GENERATION_TOLERANCE_DB = 10.0
@@ -214,7 +214,7 @@ class GapModel:
         tile: int | None = DEFAULT_SAMPLE_TILE,
         at_least: bool = False,
     ) -> tuple[torch.Tensor, float]:
-        """The gain ``gain`` spread over the image as the network's own variance is: 2 network calls.
+        """The gain ``gain`` spread over the image as the network's own variance is: 19 network calls (37 for a volume).
 
         :func:`photongap.sampling.gain.spread_gain`: the map ``(1, 1, Y, X)`` float64 on
         ``device``, and the overall gain it was scaled to (with ``at_least``, the network's own
@@ -280,7 +280,7 @@ class GapModel:
         gain : float, optional
             The Dirichlet sampler's ``g``, one for the whole image. Default: measured on ``counts``
             (:meth:`estimate_gain`) and spread over the image as the network's own variance is
-            (:meth:`gain_map`): 14 network calls per image, once for all samples, reported as
+            (:meth:`gain_map`): 31 network calls per image (49 per volume), once for all samples, reported as
             ``gain_calls``. (The model file's ``info["posterior_gain"]`` is not used: the gain
             varied up to fivefold between the images of one data set.)
         final : {"draw", "mean"}
@@ -328,7 +328,7 @@ class GapModel:
             # stream, so that the samples of one seed do not depend on whether it was given.
             gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device)
             spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved)
-            gain_calls = len(GAIN_FRACTIONS) * GAIN_REPEATS + 2
+            gain_calls = len(GAIN_FRACTIONS) * GAIN_REPEATS + spread_calls(counts.ndim)
         else:
             spread = float(gain)
         posterior = DirichletPosterior(gain=spread, trained_top=top, final=final, centre=True)

@@ -4,8 +4,8 @@ Small pure functions, as in :mod:`photongap.physics` (which they build on): the 
 prediction from a network that has only seen dimmer data (:func:`thin_to_level`,
 :func:`dirichlet_predictive`) and the estimators of its gain ``g``, the photons of evidence one
 input photon is worth to it: on held-out photons (:func:`network_gain`, carried between
-levels by :func:`gain_at_level`) and spread over the image by its own response to added
-photons (:func:`tweedie_gain_map`). Shapes as in :mod:`photongap.physics`.
+levels by :func:`gain_at_level`; spread over the image by its own response to added photons
+in :mod:`photongap.robbins`). Shapes as in :mod:`photongap.physics`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: t
     ``Dir(c m + z)``; its mean ``P`` is the predictive of the next photon and its strength ``A``
     sets the spread of a step (:func:`photongap.sampling.dirichlet_step`).
 
-    A gain map ``g_i`` (:func:`tweedie_gain_map`) makes the prior of each pixel's clean value
+    A gain map ``g_i`` (:func:`photongap.robbins.robbins_gain_map`) makes the prior of each pixel's clean value
     ``Gamma(g_i mu_i, rate g_i)`` (mean ``mu_i``, variance ``mu_i / g_i``); the removed photons,
     ``Poisson(r lambda_i)`` with ``r = sum(z) / sum(y)``, update it to ``Gamma(alpha_i, g_i + r)``,
     ``alpha_i = g_i mu_i + z_i``. ``P`` is its mean normalised, ``A_i = alpha_i / P_i`` per pixel;
@@ -139,50 +139,6 @@ def dirichlet_predictive(logits: torch.Tensor, thinned: torch.Tensor, removed: t
     strength = prior + photons_z
     probabilities = alpha / strength.clamp_min(tiny).reshape(shape)
     return DirichletPredictive(probabilities.float(), strength)
-
-
-def tweedie_gain_map(mean: torch.Tensor, probed: torch.Tensor, probes: torch.Tensor, window: int = 15) -> torch.Tensor:
-    """Where the network is surer and where less: a local gain from its response to added photons.
-
-    For Poisson counts ``y`` and any prior, Robbins' identity gives the posterior variance of each
-    pixel from the posterior mean alone: ``Var[lambda_i | y] = mu_i(y) (mu_i(y + e_i) - mu_i(y))``,
-    ``e_i`` one more photon at pixel ``i``. So the network's own MMSE, run once more on ``y`` plus
-    one photon at each of a sparse random set of ``probes``, says how its variance is spread over
-    the image: the response ``d_i`` at a probe, less the response around it from the other
-    probes (the mean over the unprobed pixels of its 7 x 7 neighbourhood), and
-    ``g_i = sum_w mu / sum_w mu d`` over the probes in a ``window`` around ``i``. Windows with
-    little signal are drawn to the image's overall ratio (a tenth of a typical window's weight).
-    Only the shape is meant: the network's error beyond its own belief (a misfit to the data) is
-    invisible to it, and the probe's own spread leaks into the ring it is compared with (for box
-    smoothers of 3 x 3 and 9 x 9 pixels both gains read about 1.5 times high), so the caller
-    scales the map to a gain measured on held-out photons.
-
-    Parameters
-    ----------
-    mean : torch.Tensor
-        ``(B, 1, Y, X)`` ``mu(y)`` in photons of ``y`` (or a volume's ``(B, 1, D, Y, X)``: the
-        windows then span D too).
-    probed : torch.Tensor
-        ``mu(y + probes)`` in photons of ``y + probes``, of the same shape.
-    probes : torch.Tensor
-        0/1 of the same shape, the pixels given one more photon.
-    window : int
-        Odd side of the pooling window.
-
-    Returns
-    -------
-    torch.Tensor
-        The map, of the shape of ``mean``, float64, positive.
-    """
-    mean, probes = mean.double(), probes.double()
-    response = probed.double() - mean
-    around = local_mean(response * (1 - probes), 7) / local_mean(1 - probes, 7).clamp_min(1e-12)
-    delta = ((response - around) * probes).clamp_min(0)
-    weight, spread = local_mean(mean * probes, window), local_mean(mean * delta, window)
-    axes = tuple(range(1, mean.dim()))
-    overall = weight.sum(dim=axes, keepdim=True) / spread.sum(dim=axes, keepdim=True).clamp_min(1e-300)
-    floor = 0.1 * weight.mean(dim=axes, keepdim=True)
-    return (weight + floor) / (spread + floor / overall)
 
 
 def local_mean(image: torch.Tensor, side: int) -> torch.Tensor:

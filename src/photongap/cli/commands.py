@@ -162,7 +162,7 @@ def sample(
     beta_max: BetaMaxOption = None,
     dispersion: Annotated[Optional[float], typer.Option(help=f"With the plain loop: the spread a pixel-wise posterior adds within each step (0: published Poisson draw; default: {schedules.FAST_SCHEDULE.dispersion:g}).")] = None,
     posterior_gain: Annotated[
-        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon), one for the whole image; default: measured on each image from held-out photons and spread over it as the network's own variance is, 14 network calls per image.")
+        Optional[float], typer.Option(help="The Dirichlet sampler's gain g (photons the network is worth per input photon), one for the whole image; default: measured on each image from held-out photons and spread over it as the network's own variance is, 31 network calls per image (49 per volume).")
     ] = None,
     final: Annotated[str, typer.Option(help="The Dirichlet sampler's sample: 'draw' (one draw of the clean image given the final photons) or 'mean'.")] = "draw",
     check: Annotated[bool, typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth; one more sampling run on four fifths of the photons).")] = False,

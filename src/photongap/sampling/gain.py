@@ -17,15 +17,14 @@ import torch
 
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, split_counts
-from photongap.posterior import HeldOutError, gain_at_level, held_out_error, thin_to_level, tweedie_gain_map
+from photongap.posterior import HeldOutError, gain_at_level, held_out_error, thin_to_level
+from photongap.robbins import probe_halves, robbins_gain_map, robbins_steps, self_response
 from photongap.runtime import LogitsFn
 
 GAIN_FRACTIONS = (0.5, 0.7)
 """Binomial fractions ``q1, q2`` of the held-out splits the posterior gain is measured at (of the sampler's level)."""
 GAIN_REPEATS = 6
 """Held-out splits per fraction: ``len(GAIN_FRACTIONS) * GAIN_REPEATS`` network calls, once per image."""
-GAIN_PROBE_DENSITY = 1 / 16
-"""Share of the pixels given one more photon to map the network's variance (:func:`spread_gain`)."""
 GAIN_RESOLVED_SD = 2.0
 """The held-out photons resolve the network's error when it is at least this many of its standard errors."""
 
@@ -110,27 +109,45 @@ def spread_gain(
     device: torch.device,
     at_least: bool = False,
 ) -> tuple[torch.Tensor, float]:
-    """The gain ``gain`` spread over the image as the network's own variance is: 2 network calls.
+    """The gain ``gain`` spread over the image as the network's own variance is: ``1 + 2 prod(steps)`` network calls (19 for an image, 37 for a volume).
 
-    ``y``: ``counts`` thinned to the trained top ``trained[1]`` where brighter (what the
-    sampler predicts from). The network is run on ``y`` and on ``y`` plus one photon at a random
-    ``GAIN_PROBE_DENSITY`` of the pixels; :func:`photongap.posterior.tweedie_gain_map` turns the
-    responses into a map ``g_i``, scaled so that ``sum(mu / g_i) = sum(y) / gain``: the total
-    posterior variance stays the one measured on held-out photons (:func:`held_out_gain`).
-    With ``at_least`` (the held-out photons could not resolve the network's error, so ``gain``
-    is only a lower bound) the network's own overall gain is used where it is higher: its
-    belief, within what the data allow. Returns the map ``(1, 1, Y, X)`` float64 on ``device``
-    and the overall gain it was scaled to.
+    ``y``: ``counts`` thinned to the trained top ``trained[1]`` where brighter (what the sampler
+    predicts from), then by as many photons as the probes add, so that the network is run inside
+    its trained range. The network is run on ``y``, and on ``y`` plus one photon at each point
+    of the two halves of every lattice of :func:`photongap.robbins.probe_halves` (spacing
+    :func:`photongap.robbins.robbins_steps`); :func:`photongap.robbins.self_response` reads
+    each pixel's own response from them and :func:`photongap.robbins.robbins_gain_map` turns it
+    into a map ``g_i``, scaled so that ``sum(mu / g_i) = sum(y) / gain``: the total posterior
+    variance stays the one measured on held-out photons (:func:`held_out_gain`). With
+    ``at_least`` (the held-out photons could not resolve the network's error, so ``gain`` is only
+    a lower bound) the network's own overall gain is used where it is higher: its belief, within
+    what the data allow. Returns the map (``(1, 1, Y, X)``, a volume's ``(1, 1, D, Y, X)``) float64
+    on ``device`` and the overall gain it was scaled to.
     """
     counts = np.asarray(counts, dtype=np.float32)
     generator = torch.Generator(device=device).manual_seed(seed)
     image = torch.from_numpy(counts).to(device)[None, None]
     if trained is not None:
         image = thin_to_level(image, 10 ** (trained[1] / 10), generator).thinned
-    probes = (torch.rand(image.shape, generator=generator, device=device) < GAIN_PROBE_DENSITY).float()
-    both = torch.cat([image, image + probes])
-    mean = mmse_from_logits(logits(both), both.double().flatten(1).sum(dim=1)).double()
-    shape = tweedie_gain_map(mean[:1], mean[1:], probes)
-    own = float(image.double().sum()) / float((mean[:1] / shape).sum())
+    steps = robbins_steps(image.dim() - 2)
+    level = float(image.double().mean())
+    if not level > 0:
+        raise PhotongapError("cannot map the posterior gain over an image without photons; pass gain=")
+    probes_per_pixel = 1 / (2 * math.prod(steps))
+    image = thin_to_level(image, level * level / (level + probes_per_pixel), generator).thinned
+    photons = float(image.double().sum())
+    mean = mmse_from_logits(logits(image), torch.tensor([photons], dtype=torch.float64, device=device)).double()
+    response = torch.zeros_like(mean)
+    for first, second in probe_halves(image, steps, generator):
+        both = torch.cat([image + first, image + second])
+        probed = mmse_from_logits(logits(both), both.double().flatten(1).sum(dim=1))
+        response += self_response(probed[:1], probed[1:], first, second)
+    shape = robbins_gain_map(response)
+    own = photons / float((mean / shape).sum())
     used = max(gain, own) if at_least else gain
     return shape * (used / own), used
+
+
+def spread_calls(dims: int) -> int:
+    """Network calls of :func:`spread_gain` for images of ``dims`` spatial axes."""
+    return 1 + 2 * math.prod(robbins_steps(dims))

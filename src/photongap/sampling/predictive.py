@@ -30,7 +30,7 @@ class DirichletPosterior:
     gain : float or torch.Tensor
         ``g`` of :func:`photongap.posterior.network_gain`: the prediction from ``y`` counts as
         ``g * sum(y)`` photons of evidence; or a map ``(1, 1, Y, X)`` (a volume's ``(1, 1, D, Y, X)``) of it over the image
-        (:func:`photongap.posterior.tweedie_gain_map`, every sample of the batch of one image).
+        (:func:`photongap.robbins.robbins_gain_map`, every sample of the batch of one image).
     trained_top : float or None
         Pseudo-PSNR (dB) of the brightest inputs the network was trained on; the network is
         run on a copy thinned to it whenever the counts are brighter. None: never thin.
