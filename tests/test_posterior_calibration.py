@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level
-from photongap.robbins import probe_halves, robbins_gain_map, robbins_steps, self_response
+from photongap.robbins import in_plane_mean, probe_halves, robbins_gain_map, robbins_steps, self_response
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -203,3 +203,11 @@ def test_the_gain_map_of_a_volume_reads_its_planes_too():
     # Planes 2 apart: the narrow box sees no other probe, the wide one two (above and below).
     torch.testing.assert_close(gain_map[..., 2:18, 4:44, 2:20], torch.full_like(gain_map[..., 2:18, 4:44, 2:20], 27.0))
     assert float((1 / gain_map[..., 4:16, 8:40, 30:44]).mean()) == pytest.approx(1 / 125, rel=0.2)
+
+
+def test_the_readings_of_a_volume_are_averaged_within_its_planes():
+    planes = torch.arange(4.0, dtype=torch.float64).reshape(1, 1, 4, 1, 1).expand(1, 1, 4, 6, 6)
+    torch.testing.assert_close(in_plane_mean(planes, 3), planes)  # a box across planes would mix them
+    image = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    image[..., 2, 2] = 9.0
+    assert float(in_plane_mean(image, 3)[..., 1:4, 1:4].min()) == 1.0 and float(in_plane_mean(image, 3)[..., 0, 0]) == 0.0
