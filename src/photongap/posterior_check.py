@@ -18,8 +18,9 @@ averaged): cut and scored by the same noisy estimate, the low bins collect pixel
 was underestimated, and exact posterior samples read 0.76-0.78 instead of 0.8 at n = 16.
 The held-out photons' own noise gives the check a standard error, drawn both around the reading
 and around a calibrated sampler's (a reading far out saturates and, drawn around itself alone,
-looks steady however noisy it is); where it exceeds five points the check says it cannot tell. (Per-pixel PIT values of ``b`` are no check: ``b``'s own
-Poisson noise swamps the posterior spread of a network that pools neighbours.) It checks the sampler at the level of
+looks steady however noisy it is); where it exceeds five points the check says it cannot tell.
+(Per-pixel PIT values of ``b`` are no check: ``b``'s own Poisson noise swamps the posterior
+spread of a network that pools neighbours.) It checks the sampler at the level of
 ``a``, not of ``x``, reads a few points low on grossly biased samples, and about five points
 high on samples six times too narrow (their shape is then far from Gaussian).
 """
@@ -47,9 +48,8 @@ Near 1, so that the check tests the sampler near the level it is used at: a defa
 model's trained range reaches down to half the data's photons only, and at ``p = 0.5`` the
 check's samples sat at its bottom, with their gain measured below it. There the check read
 5-7 points below the coverage of the full-level samples at 1 photon/px; at 0.8 (1 dB below
-the data) it was within 2.7 points on both data sets, and 4.1 and 4.9 points with the
-per-pixel gain map (benchmarks/bench_sampling.py). The
-held-out ``b`` is then noisier (its weight grows as ``p / (1 - p)``): at 0.1 photons/px it
+the data) it was within 2.7 points on both data sets, and 1.2 and 4.3 points with the
+per-pixel gain map (benchmarks/bench_sampling.py). The held-out ``b`` is then noisier (its weight grows as ``p / (1 - p)``): at 0.1 photons/px it
 holds too few photons, the check's standard error is 6-8 points and it says it cannot tell
 (README, known limits)."""
 CHECK_BINS = 10

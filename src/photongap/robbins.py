@@ -69,8 +69,8 @@ def self_response(with_first: torch.Tensor, with_second: torch.Tensor, first: to
 ROBBINS_WINDOW = 3
 """Side of the box the self-responses are averaged over before :func:`robbins_gain_map` inverts them.
 
-One halving reads each pixel to 35-80% of its self-response on real networks at 0.1 photons/px
-(more where the network pools widely), and 13-18% of the pixels of the demo data and 31% of the
+The noise of one halving's reading, from the measured spread of one photon through the networks
+at 0.1 photons/px, is 35-80% of the self-response (more where the network pools widely); 13-18% of the pixels of the demo data and 31% of the
 time-lapse's read zero or less, which would give them no spread at all (they held the truth
 23-58% of the time); averaged over 3 x 3 px the time-lapse frames' samples covered 80% instead of 71%.
 """
@@ -86,8 +86,8 @@ def robbins_gain_map(response: torch.Tensor, window: int = ROBBINS_WINDOW) -> to
     estimate one more photon moves by ``d`` counts its data as ``1 / d`` photons per photon
     (a pixel-wise denoiser, ``d = 1``, is worth 1). The readings are averaged over a ``window``
     box in each plane first (:data:`ROBBINS_WINDOW`, :func:`in_plane_mean`; each is unbiased, so
-    their mean is too) and floored at a
-    thousandth of the image's mean, so that the map stays finite. Only the shape is meant: the
+    their mean is too) and floored at a thousandth of the image's mean, so that the map stays
+    finite. Only the shape is meant: the
     network's error beyond its own belief is invisible to it, so the caller scales the map to a
     gain measured on held-out photons.
     """
