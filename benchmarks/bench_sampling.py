@@ -36,7 +36,11 @@ A second mode evaluates a given model on its own data and level, the default sam
 library (``after``: the Dirichlet sampler) against the one it replaced (``before``:
 FAST_SCHEDULE's plain loop to 20 dB), e.g. on a default-preset model trained at 1 photon/px:
 
-    .venv/bin/python benchmarks/bench_sampling.py --model PATH --data demo|hubble --level 1 [--samplers before after]
+    .venv/bin/python benchmarks/bench_sampling.py --model PATH --data demo|hubble --level 1 [--samplers before after] [--images 3]
+
+There the check runs as ``photongap sample --check`` does (``CHECK_SPLITS`` splits of each
+image), image by image and pooled over all the images (``gt_free_check_pooled``), each beside
+the ground-truth coverage of its samples.
 
 (``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
 
@@ -63,7 +67,7 @@ from common import OUTPUT, ContiguousModel, demo_split, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.physics import split_counts
-from photongap.posterior_check import CHECK_FRACTION, spread_skill
+from photongap.posterior_check import CHECK_FRACTION, CHECK_SPLITS, pool_checks, spread_skill
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
 from photongap.schedule import FAST_SCHEDULE, PhotonSchedule
 
@@ -222,6 +226,7 @@ def training_gain(model: GapModel, images: list[np.ndarray]) -> float:
 def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
+    checks = []
     rows: dict[str, list[float]] = {key: [] for key in ("mmse", "single", "mean", "mean_minus_mmse", "rank_coverage", "percentile_coverage", "gt_free_check", "gt_free_check_se", "gt_rank_coverage_of_check", "calls", "thinned_calls", "gain_calls", "gain", "seconds_per_sample")}
     for index, image in enumerate(clean_images):
         clean = clean_at_level(image, level)
@@ -241,17 +246,29 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         rows["thinned_calls"].append(posterior.thinned_calls)
         rows["gain_calls"].append(posterior.gain_calls)
         rows["gain"].append(posterior.gain if posterior.gain is not None else math.nan)
-        # The ground-truth-free check, as photongap.posterior_check.check_calibration runs it,
-        # with its samples kept to compare with the truth at the kept fraction.
-        generator = torch.Generator().manual_seed(seed + 100 + index)
-        split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([CHECK_FRACTION]), generator)
-        kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
-        check_samples = model.sample(kept, n, seed=seed + 100 + index, device="cpu", **options).samples
-        check = spread_skill(check_samples, held_out, CHECK_FRACTION)
+        # The ground-truth-free check, as photongap.posterior_check.check_calibration runs it
+        # (CHECK_SPLITS splits, each sampled), with its samples kept to compare with the truth.
+        split_checks, truth_coverage = [], []
+        for split_seed in range(seed + 100 + index, seed + 100 + index + CHECK_SPLITS):
+            split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([CHECK_FRACTION]), torch.Generator().manual_seed(split_seed))
+            kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
+            check_samples = model.sample(kept, n, seed=split_seed, device="cpu", **options).samples
+            split_checks.append(spread_skill(check_samples, held_out, CHECK_FRACTION))
+            truth_coverage.append(rank_coverage_80(check_samples, clean * CHECK_FRACTION, rng))
+        check = pool_checks(split_checks)
+        checks.append(check)
         rows["gt_free_check"].append(check.implied_coverage)
         rows["gt_free_check_se"].append(check.standard_error)
-        rows["gt_rank_coverage_of_check"].append(rank_coverage_80(check_samples, clean * CHECK_FRACTION, rng))
+        rows["gt_rank_coverage_of_check"].append(statistics.fmean(truth_coverage))
     summary = {key: round(statistics.fmean(values), 3) for key, values in rows.items()}
+    # The check of all the images pooled (photongap.posterior_check.pool_checks), beside the
+    # coverage of all their pixels (the images are of one size: the mean of theirs).
+    pooled = pool_checks(checks)
+    summary["gt_free_check_pooled"], summary["gt_free_check_pooled_se"] = round(pooled.implied_coverage, 3), round(pooled.standard_error, 3)
+    summary["gt_free_check_per_image"] = [f"{value:.3f}" for value in rows["gt_free_check"]]
+    summary["gt_free_check_se_per_image"] = [f"{value:.3f}" for value in rows["gt_free_check_se"]]
+    summary["gt_rank_coverage_of_check_per_image"] = [f"{value:.3f}" for value in rows["gt_rank_coverage_of_check"]]
+    summary["rank_coverage_per_image"] = [f"{value:.3f}" for value in rows["rank_coverage"]]
     summary["gain_min"] = round(min(rows["gain"]), 3) if not math.isnan(rows["gain"][0]) else math.nan
     return summary
 

@@ -183,6 +183,21 @@ def test_sampling_on_the_cluster_gives_the_single_process_samples(client, tiny_m
             np.testing.assert_allclose(tifffile.imread(cluster_path), tifffile.imread(single_path), rtol=1e-5, atol=1e-6)
 
 
+def test_the_check_on_the_cluster_is_the_single_process_check_of_each_file_and_of_all_pooled(client, tiny_model, model_file, poisson_image, tmp_path):
+    from photongap.posterior_check import check_calibration, pool_checks
+
+    images = [poisson_image((48, 48), 3.0, seed=i) for i in range(2)]
+    sources = [write_image(tmp_path / f"cell{i}.tif", image, "YX") for i, image in enumerate(images)]
+    targets = [[tmp_path / "out" / f"cell{i}{suffix}.tif" for suffix in ("_samples", "_mean", "_std")] for i in range(2)]
+    options = dict(target_psnr=8.0, seed=3, tile=None, gain=4.0)
+    result = sample_on_cluster(client, model_file, sources, targets, n=4, device="cpu", check=True, check_splits=2, **options)
+    assert result.failures == [] and len(result.notes) == 5, result.notes  # sampled, checked: each file; pooled
+    checks = [check_calibration(tiny_model, image, 4, splits=2, device="cpu", **options) for image in images]
+    for index, check in enumerate(checks):
+        assert check.summary(f"cell{index}.tif") in result.notes
+    assert result.notes[-1] == pool_checks(checks).summary("all 2 planes pooled")
+
+
 def run_cli(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "photongap.cli", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=240)
 

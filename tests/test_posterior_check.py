@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from photongap.errors import PhotongapError
-from photongap.posterior_check import check_calibration, implied_coverage, spread_skill
+from photongap.posterior_check import check_calibration, implied_coverage, pool_checks, spread_skill
 
 
 def gamma_toy(seed: int = 0, shape: tuple[int, int] = (96, 96), p: float = 0.5, n: int = 16, beta: float = 0.5):
@@ -56,19 +56,60 @@ def test_the_check_rejects_what_it_cannot_use():
         spread_skill(samples, held_out, 1.0)
 
 
-def test_check_calibration_samples_four_fifths_of_the_photons_of_the_image(tiny_model, poisson_image, monkeypatch):
+def test_check_calibration_pools_four_splits_each_sampled_from_four_fifths_of_the_photons(tiny_model, poisson_image, monkeypatch):
     tiny_model.info = {"trained_range": [-3.0, -0.2]}
     counts = poisson_image((32, 32), 2.0)
     seen = []
     sample = tiny_model.sample
     monkeypatch.setattr(tiny_model, "sample", lambda image, n, **options: seen.append((image.copy(), n, options)) or sample(image, n, **options))
     check = check_calibration(tiny_model, counts, 4, gain=5.0, device="cpu")
-    (kept, n, options), = seen
-    assert n == 4 and options["gain"] == 5.0 and (kept <= counts).all()
-    assert abs(float(kept.sum()) / float(counts.sum()) - 0.8) < 5 * np.sqrt(0.16 / counts.sum())
+    assert len(seen) == 4 == check.splits and check.binned.pixels.sum() == 2 * 4 * counts.size
+    for kept, n, options in seen:
+        assert n == 4 and options["gain"] == 5.0 and (kept <= counts).all()
+        assert abs(float(kept.sum()) / float(counts.sum()) - 0.8) < 5 * np.sqrt(0.16 / counts.sum())
+    assert len({kept.tobytes() for kept, _, _ in seen}) == 4  # four different splits
     assert 0.0 <= check.implied_coverage <= 1.0 and check.fraction == 0.8
+    assert check_calibration(tiny_model, counts, 4, splits=1, gain=5.0, device="cpu").splits == 1
     with pytest.raises(PhotongapError, match="at least 4"):
         check_calibration(tiny_model, counts, 3, gain=5.0, device="cpu")
+    with pytest.raises(PhotongapError, match="at least one split"):
+        check_calibration(tiny_model, counts, 4, splits=0, gain=5.0, device="cpu")
+
+
+def gamma_splits(seed: int, splits: int, shape: tuple[int, int] = (64, 64), p: float = 0.8, n: int = 16, beta: float = 2.0):
+    """``splits`` held-out splits of one Poisson image of the Gamma scene of :func:`gamma_toy`, each with its exact posterior samples."""
+    rng = np.random.default_rng(seed)
+    k = np.linspace(2.0, 40.0, shape[0] * shape[1]).reshape(shape)
+    x = rng.poisson(rng.gamma(k, 1 / beta))
+    for _ in range(splits):
+        a = rng.binomial(x, p)
+        yield rng.gamma(k + a, 1 / (beta / p + 1), size=(n, *shape)), (x - a).astype(np.float64), p
+
+
+def test_pooled_splits_shrink_the_checks_noise():
+    """Most of the check's noise is the split's, not the image's: four splits of one image scatter
+    about 0.7 as much as one (not 0.5: a bin's reading is not linear in its error), stay near 0.8
+    on exact samples, and their standard error says how much they scatter."""
+    single = [spread_skill(*next(gamma_splits(seed, 1))) for seed in range(12)]
+    pooled = [pool_checks([spread_skill(*split) for split in gamma_splits(seed, 4)]) for seed in range(12)]
+    scatter = [float(np.std([check.implied_coverage for check in checks], ddof=1)) for checks in (single, pooled)]
+    stated = [float(np.mean([check.standard_error for check in checks])) for checks in (single, pooled)]
+    assert scatter[1] / scatter[0] < 0.8 and stated[1] / stated[0] < 0.8, (scatter, stated)
+    assert 0.7 < stated[1] / scatter[1] < 1.5, (scatter, stated)
+    assert abs(float(np.mean([check.implied_coverage for check in pooled])) - 0.8) < 0.03
+    assert all(check.splits == 4 for check in pooled)
+
+
+def test_pooling_adds_the_sums_of_like_checks_only():
+    first, second = (spread_skill(*split) for split in gamma_splits(0, 2))
+    both = pool_checks([first, second])
+    assert np.array_equal(both.binned.error, first.binned.error + second.binned.error) and both.splits == 2
+    assert pool_checks([first]) == first
+    other = spread_skill(*gamma_toy(0, shape=(64, 64)))  # p = 0.5
+    with pytest.raises(PhotongapError, match="different fractions"):
+        pool_checks([first, other])
+    with pytest.raises(PhotongapError, match="at least one check"):
+        pool_checks([])
 
 
 def test_the_sample_command_prints_the_check(tiny_model, poisson_image, tmp_path):
@@ -120,10 +161,15 @@ def test_the_sample_command_checks_a_3d_model_volume_by_volume(tmp_path):
     counts = np.random.default_rng(0).poisson(1.0, (2, 6, 24, 24)).astype(np.float32)  # two time points of a z-stack
     tifffile.imwrite(tmp_path / "stack.tif", counts, imagej=True, metadata={"axes": "TZYX"})
     result = CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "stack.tif"), "-o", str(tmp_path / "out"), "-n", "4",
-                                      "--posterior-gain", "4", "--device", "cpu", "--check"])
+                                      "--posterior-gain", "4", "--device", "cpu", "--check", "--check-splits", "2"])
     assert result.exit_code == 0, result.output
     assert "check stack.tif volume (0,): the samples' central 80% would hold" in result.output
     assert "check stack.tif volume (1,):" in result.output
+    assert "check all 2 volumes pooled:" in result.output
+    model = GapModel.load(tmp_path / "model.pt")
+    checks = [check_calibration(model, volume, 4, splits=2, gain=4.0, device="cpu") for volume in counts]
+    assert all(check.splits == 2 for check in checks)
+    assert pool_checks(checks).summary("all 2 volumes pooled") in " ".join(result.output.split())  # as printed, unwrapped
 
 
 def pooled_toy(seed: int, level: float, shape: tuple[int, int] = (128, 128), p: float = 0.8, n: int = 16):

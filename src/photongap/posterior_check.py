@@ -19,6 +19,12 @@ was underestimated, and exact posterior samples read 0.76-0.78 instead of 0.8 at
 The held-out photons' own noise gives the check a standard error, drawn both around the reading
 and around a calibrated sampler's (a reading far out saturates and, drawn around itself alone,
 looks steady however noisy it is); where it exceeds five points the check says it cannot tell.
+Most of that noise is the split's (which photons are held out), so :func:`check_calibration`
+pools :data:`CHECK_SPLITS` splits of each image, and checks pool further over the planes of a
+stack or over several images (:func:`pool_checks`; bin ``k`` then holds the ``k``-th tenth of
+every image's pixels by predicted variance). Noise also biases the reading: a bin whose samples
+are too wide reads near 1, and noise in its error can only pull it down, so samples a little too
+wide read low where the held-out photons are few (at 0.1 photons/px, README, known limits).
 (Per-pixel PIT values of ``b`` are no check: ``b``'s own Poisson noise swamps the posterior
 spread of a network that pools neighbours.) It checks the sampler at the level of
 ``a``, not of ``x``, reads a few points low on grossly biased samples, and about five points
@@ -27,9 +33,12 @@ high on samples six times too narrow (their shape is then far from Gaussian).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,17 +58,64 @@ model's trained range reaches down to half the data's photons only, and at ``p =
 check's samples sat at its bottom, with their gain measured below it. There the check read
 5-7 points below the coverage of the full-level samples at 1 photon/px; at 0.8 (1 dB below
 the data) it was within 2.7 points on both data sets, and 1.2 and 4.3 points with the
-per-pixel gain map (benchmarks/bench_sampling.py). The held-out ``b`` is then noisier (its weight grows as ``p / (1 - p)``): at 0.1 photons/px it
-holds too few photons, the check's standard error is 6-8 points and it says it cannot tell
-(README, known limits)."""
+per-pixel gain map (benchmarks/bench_sampling.py). The held-out ``b`` is then noisier (its
+weight grows as ``p / (1 - p)``): at 0.1 photons/px it holds too few photons, the check's
+standard error on one 256 px image is 4.4-8.0 points even with :data:`CHECK_SPLITS` splits, and
+it mostly says it cannot tell (README, known limits)."""
 CHECK_BINS = 10
 """Bins of predicted variance."""
+CHECK_SPLITS = 4
+"""Held-out splits of each image the check pools, each with its own sampling run.
+
+Most of the check's noise is that of the split (which photons are held out), not of the image,
+so it falls with more splits (less than as ``1 / sqrt(splits)``: a bin's reading is not linear in
+its error). On 12 held-out images at 1 photon/px (the demo data and the Hubble deep field), one
+split read 7 of them 5 or more points off the check's samples' true coverage (11.6 at worst),
+at standard errors of 3.9-6.4 points; four splits read all but one within 4.3 points (that one
+6.5 off), at 2.5-4.7 (a throwaway script on benchmarks/bench_sampling.py's images)."""
 CHECK_RESOLUTION = 0.05
 """The check is conclusive when its standard error is at most this (5 points of coverage)."""
 CHECK_DRAWS = 200
 """Draws of the held-out errors within their noise that give the check's standard error."""
 NOMINAL = 0.8
 """The central interval whose coverage is implied."""
+
+
+@dataclass(frozen=True)
+class BinnedErrors:
+    """What the check measures, summed per bin of predicted variance: ``(2, bins)`` arrays, one row per way of cutting.
+
+    Sums pool: ``a + b`` is the check of both sets of pixels (more splits of one image, the planes
+    of a stack, several images), each image's pixels binned by its own samples' variance, bin
+    ``k`` holding the ``k``-th of ``bins`` equal shares of every image's pixels.
+
+    Attributes
+    ----------
+    error, error_square : np.ndarray
+        ``sum t`` and ``sum t**2`` of the held-out errors (photon units of ``a``).
+    pixels : np.ndarray
+        Pixels per bin.
+    spread : np.ndarray
+        ``sum v (1 + 1/n)``: the expected squared error of the samples' mean if they are calibrated.
+    fraction : float
+        ``p``, the share of the photons the samples were drawn from.
+    """
+
+    error: np.ndarray
+    error_square: np.ndarray
+    pixels: np.ndarray
+    spread: np.ndarray
+    fraction: float
+
+    def __add__(self, other: BinnedErrors) -> BinnedErrors:
+        if other.fraction != self.fraction or other.error.shape != self.error.shape:
+            raise PhotongapError(f"cannot pool checks of different fractions or bins ({self.fraction}, {self.error.shape[-1]} and {other.fraction}, {other.error.shape[-1]})")
+        return BinnedErrors(self.error + other.error, self.error_square + other.error_square, self.pixels + other.pixels, self.spread + other.spread, self.fraction)
+
+    @property
+    def error_standard_error(self) -> np.ndarray:
+        """Of ``error``, from the spread of the pixels' terms about their bin's mean (taken as independent)."""
+        return np.sqrt(np.maximum(self.error_square - self.error**2 / np.maximum(self.pixels, 1), 0.0))
 
 
 @dataclass(frozen=True)
@@ -82,6 +138,10 @@ class CalibrationCheck:
     standard_error : float
         Of ``implied_coverage``, from the noise of the held-out photons (each bin's error
         drawn within its standard error, :data:`CHECK_DRAWS` times).
+    splits : int
+        Held-out splits pooled into the check (of one image, or of all the images pooled).
+    binned : BinnedErrors, optional
+        The sums it was read from; checks pool with :func:`pool_checks`.
     """
 
     implied_coverage: float
@@ -90,6 +150,8 @@ class CalibrationCheck:
     nominal: float
     fraction: float
     standard_error: float = 0.0
+    splits: int = 1
+    binned: BinnedErrors | None = field(default=None, compare=False, repr=False)
 
     @property
     def conclusive(self) -> bool:
@@ -119,8 +181,8 @@ def implied_coverage(ratio: float, nominal: float = NOMINAL) -> float:
     return math.erf(z / math.sqrt(2 * max(ratio, 1e-12)))
 
 
-def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, bins: int = CHECK_BINS, nominal: float = NOMINAL) -> CalibrationCheck:
-    """The binned spread-skill check of ``samples`` drawn from the ``fraction`` ``p`` of an image, against the rest.
+def binned_errors(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, bins: int = CHECK_BINS) -> BinnedErrors:
+    """The held-out errors of ``samples``, drawn from the ``fraction`` ``p`` of an image, against the rest, binned by their variance.
 
     Parameters
     ----------
@@ -130,10 +192,6 @@ def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, 
         ``(Y, X)`` (or ``(D, Y, X)``) the held-out counts ``b = x - a``.
     fraction : float
         ``p`` in (0, 1).
-
-    Returns
-    -------
-    CalibrationCheck
     """
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim not in (3, 4) or samples.shape[0] < 4 or samples.shape[1:] != np.shape(held_out):
@@ -144,36 +202,68 @@ def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, 
     mean = torch.from_numpy(samples.mean(axis=0).reshape(-1, 1))
     # One "image" per pixel: held_out_squared_error then gives each pixel's term, in the photon
     # units of x; times p**2 it is in those of a, the samples' units.
-    t = fraction**2 * held_out_squared_error(mean, torch.from_numpy(np.asarray(held_out, dtype=np.float64).reshape(-1, 1)), fraction).numpy()
+    t = fraction**2 * held_out_squared_error(mean, torch.from_numpy(np.asarray(held_out, dtype=np.float64).reshape(-1, 1)), fraction).numpy().reshape(-1)
     halves = [samples[0::2].var(axis=0, ddof=1).reshape(-1), samples[1::2].var(axis=0, ddof=1).reshape(-1)]
-    noise = np.random.default_rng(0).standard_normal((CHECK_DRAWS, bins))
-    per_bin_ways, ratio_ways, drawn_ways, null_ways = [], [], [], []
+    rows = []
     for cut, score in (halves, halves[::-1]):
         parts = np.array_split(np.argsort(cut, kind="stable"), bins)
-        error = np.array([t[part].sum() for part in parts])
-        error_se = np.array([t[part].std() * math.sqrt(len(part)) for part in parts])
-        spread = np.array([max(score[part].sum() * (1 + 1 / n), 1e-300) for part in parts])
-        ratios = error / spread
-        ratio_ways.append(ratios)
-        per_bin_ways.append([implied_coverage(ratio, nominal) for ratio in ratios])
-        drawn = (error + noise * error_se) / spread
-        drawn_ways.append([np.mean([implied_coverage(ratio, nominal) for ratio in row]) for row in drawn])
-        calibrated = (spread + noise * error_se) / spread
-        null_ways.append([np.mean([implied_coverage(ratio, nominal) for ratio in row]) for row in calibrated])
-    per_bin = tuple(float(value) for value in np.mean(per_bin_ways, axis=0))
-    ratios = tuple(float(value) for value in np.mean(ratio_ways, axis=0))
+        rows.append([(t[part].sum(), (t[part] ** 2).sum(), len(part), score[part].sum() * (1 + 1 / n)) for part in parts])
+    error, square, pixels, spread = np.moveaxis(np.array(rows, dtype=np.float64), -1, 0)
+    return BinnedErrors(error, square, pixels, spread, fraction)
+
+
+def coverage_check(binned: BinnedErrors, *, nominal: float = NOMINAL, splits: int = 1) -> CalibrationCheck:
+    """The implied coverage of :class:`BinnedErrors` and its standard error."""
+    spread = np.maximum(binned.spread, 1e-300)
+    ratios = binned.error / spread
+    per_bin_ways = [[implied_coverage(ratio, nominal) for ratio in way] for way in ratios]
+    noise = np.random.default_rng(0).standard_normal((CHECK_DRAWS, 1, ratios.shape[-1])) * binned.error_standard_error / spread
     # The noise of the reading, drawn around it and around a calibrated sampler's: a reading far
     # out (a bin's error many times its spread, or negative) saturates, and drawn around itself
     # alone looks steady however noisy the held-out photons are.
-    standard_error = float(max(np.std(np.mean(drawn_ways, axis=0)), np.std(np.mean(null_ways, axis=0))))
-    return CalibrationCheck(float(np.mean(per_bin)), per_bin, ratios, nominal, fraction, standard_error)
+    spreads = []
+    for centre in (ratios, np.ones_like(ratios)):
+        drawn = np.vectorize(lambda ratio: implied_coverage(ratio, nominal))(centre + noise)
+        spreads.append(float(np.std(drawn.mean(axis=(1, 2)))))
+    per_bin = tuple(float(value) for value in np.mean(per_bin_ways, axis=0))
+    return CalibrationCheck(float(np.mean(per_bin)), per_bin, tuple(float(value) for value in ratios.mean(axis=0)), nominal, binned.fraction, max(spreads), splits, binned)
 
 
-def check_calibration(model: GapModel, counts: np.ndarray, n: int = 16, *, fraction: float = CHECK_FRACTION, seed: int = 0, **sample_options: Any) -> CalibrationCheck:
-    """Split ``counts``, sample ``n`` times from the ``fraction`` kept, check against the rest (:func:`spread_skill`).
+def spread_skill(samples: np.ndarray, held_out: np.ndarray, fraction: float, *, bins: int = CHECK_BINS, nominal: float = NOMINAL) -> CalibrationCheck:
+    """The binned spread-skill check of ``samples`` drawn from the ``fraction`` ``p`` of an image, against the rest.
 
-    Costs one more sampling run of ``n`` samples (on four fifths of the photons by default).
-    ``sample_options`` go to :meth:`photongap.model.GapModel.sample`.
+    :func:`binned_errors` read by :func:`coverage_check`; the arguments are those of :func:`binned_errors`.
+    """
+    return coverage_check(binned_errors(samples, held_out, fraction, bins=bins), nominal=nominal)
+
+
+def pool_checks(checks: Sequence[CalibrationCheck]) -> CalibrationCheck:
+    """One check of all the pixels of ``checks`` (the planes of a stack, several images): their sums pooled.
+
+    The held-out photons' noise falls about as the square root of the pixels pooled, so a stack
+    resolves what one dim image cannot.
+    """
+    if not checks or any(check.binned is None for check in checks):
+        raise PhotongapError("pool_checks needs at least one check with its binned sums")
+    binned = functools.reduce(operator.add, [check.binned for check in checks])
+    return coverage_check(binned, nominal=checks[0].nominal, splits=sum(check.splits for check in checks))
+
+
+def pooled_summary(checks: Sequence[CalibrationCheck], what: str) -> str | None:
+    """The line of :func:`pool_checks` over several ``what`` (``"planes"``, ``"volumes"``); None for fewer than two checks."""
+    if len(checks) < 2:
+        return None
+    return pool_checks(checks).summary(f"all {len(checks)} {what} pooled")
+
+
+def check_calibration(
+    model: GapModel, counts: np.ndarray, n: int = 16, *, fraction: float = CHECK_FRACTION, splits: int = CHECK_SPLITS, seed: int = 0, **sample_options: Any
+) -> CalibrationCheck:
+    """Split ``counts`` ``splits`` times, sample ``n`` times from each ``fraction`` kept, check against the rest, pooled.
+
+    Costs ``splits`` more sampling runs of ``n`` samples (on four fifths of the photons by
+    default). ``sample_options`` go to :meth:`photongap.model.GapModel.sample`; split ``k`` and
+    its samples are seeded ``seed + k``.
 
     Examples
     --------
@@ -186,8 +276,12 @@ def check_calibration(model: GapModel, counts: np.ndarray, n: int = 16, *, fract
         raise PhotongapError(f"check_calibration takes one {kind}, got shape {counts.shape}")
     if n < 4:
         raise PhotongapError("the calibration check needs at least 4 samples")
-    generator = torch.Generator().manual_seed(seed)
-    split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([fraction]), generator)
-    kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
-    posterior = model.sample(kept, n, seed=seed, **sample_options)
-    return spread_skill(posterior.samples, held_out, fraction)
+    if splits < 1:
+        raise PhotongapError(f"the calibration check needs at least one split, got {splits}")
+    binned = []
+    for split_seed in range(seed, seed + splits):
+        split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([fraction]), torch.Generator().manual_seed(split_seed))
+        kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
+        posterior = model.sample(kept, n, seed=split_seed, **sample_options)
+        binned.append(binned_errors(posterior.samples, held_out, fraction))
+    return coverage_check(functools.reduce(operator.add, binned), splits=splits)

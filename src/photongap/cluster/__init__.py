@@ -87,6 +87,7 @@ def sample_on_cluster(
     camera: Camera = Camera(),
     device: str = "auto",
     check: bool = False,
+    check_splits: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
@@ -94,13 +95,20 @@ def sample_on_cluster(
     """Posterior samples of each file in one task (see :func:`photongap.pipeline.sample_file`).
 
     ``targets`` holds each file's three outputs (samples, mean, std); ``check`` adds the
-    ``--check`` coverage of each plane to the result's notes; ``options`` (``seed``,
-    ``target_psnr``, ``schedule``, ``output_units``, ...) go to ``sample_file``.
+    ``--check`` coverage of each plane (``check_splits`` splits each, default
+    :data:`photongap.posterior_check.CHECK_SPLITS`) to the result's notes, and that of all the
+    planes pooled; ``options`` (``seed``, ``target_psnr``, ``schedule``, ``output_units``, ...) go
+    to ``sample_file``.
     """
     from photongap.io import check_new_outputs
+    from photongap.posterior_check import CHECK_SPLITS, pooled_summary
 
     groups = [[Path(p) for p in group] for group in targets]
     check_new_outputs([path for group in groups for path in group], overwrite)
     model_path = Path(model_path).resolve()
-    jobs = [sample_job(model_path, Path(source), group, axes=axes, camera=camera, device=device, n=n, check=check, **options) for source, group in zip(sources, groups)]
-    return run_jobs(client, jobs, progress)
+    splits = (CHECK_SPLITS if check_splits is None else check_splits) if check else 0
+    jobs = [sample_job(model_path, Path(source), group, axes=axes, camera=camera, device=device, n=n, check=splits, **options) for source, group in zip(sources, groups)]
+    result = run_jobs(client, jobs, progress)
+    if (pooled := pooled_summary([check for job in jobs for check in job.checks], "planes")) is not None:
+        result.notes.append(pooled)
+    return result

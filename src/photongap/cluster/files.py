@@ -32,9 +32,9 @@ def denoise_task(model_path: str, source: Path, target: Path, axes: str | None, 
 
 
 def sample_task(
-    model_path: str, source: Path, targets: Sequence[Path], axes: str | None, camera: Camera, device: str, n: int, check: bool, options: dict[str, Any]
+    model_path: str, source: Path, targets: Sequence[Path], axes: str | None, camera: Camera, device: str, n: int, check: int, options: dict[str, Any]
 ) -> tuple[list[Path], int, list[tuple[tuple[int, ...], CalibrationCheck]]]:
-    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` of each plane (volume, for a 3D model)."""
+    """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` of each plane (volume, for a 3D model) from ``check`` splits (0: none)."""
     from photongap.camera import CountsView
     from photongap.pipeline import read_images, sample_file, units_of
     from photongap.posterior_check import check_calibration
@@ -44,7 +44,7 @@ def sample_task(
     written, calls = sample_file(model, image, targets, n=n, camera=camera, overwrite=True, device=device, **options)
     sample_options = {key: value for key, value in options.items() if key != "output_units"}
     coverage = [
-        (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), device=device, **sample_options))
+        (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), splits=check, device=device, **sample_options))
         for index, unit in (units_of(model, image) if check else ())
     ]
     return written, calls, coverage
@@ -62,6 +62,8 @@ class FileJob:
     samples: int = 0
     """Samples per image, for a sampling job's note."""
     notes: list[str] = field(default_factory=list)
+    checks: list[CalibrationCheck] = field(default_factory=list)
+    """A sampling job's ``--check`` of each plane, once finished."""
     tasks: int = 1
     complete: bool = False
     _written: list[Path] = field(default_factory=list)
@@ -85,6 +87,7 @@ class FileJob:
             for index, check in coverage:
                 where = f" plane {index}" if index else ""
                 self.notes.append(check.summary(f"{self.source.name}{where}"))
+                self.checks.append(check)
         else:
             self._written = [value]
         self.complete = True
@@ -103,6 +106,6 @@ def denoise_job(model_path: Path, source: Path, target: Path, *, axes: str | Non
     return FileJob(denoise_task, str(model_path), source, [target], (axes, camera, device, options))
 
 
-def sample_job(model_path: Path, source: Path, targets: Sequence[Path], *, axes: str | None, camera: Camera, device: str, n: int, check: bool = False, **options: Any) -> FileJob:
+def sample_job(model_path: Path, source: Path, targets: Sequence[Path], *, axes: str | None, camera: Camera, device: str, n: int, check: int = 0, **options: Any) -> FileJob:
     """A job sampling one file in one task; ``options`` go to :func:`photongap.pipeline.sample_file`."""
     return FileJob(sample_task, str(model_path), source, list(targets), (axes, camera, device, n, check, options), samples=n)
