@@ -536,12 +536,16 @@ def _bad_cases(root: Path, model: Path, config: Path) -> dict[str, BadCase]:
         train("train_image_smaller_than_patch", small, "tiny_image.tif", "patch size", extra=("--config", config)),
         train("unknown_preset", small, "bogus", extra=("--preset", "bogus")),
         train("config_unknown_key", small, "typo.yaml", "colour", extra=("--config", bad / "typo.yaml")),
+        train("train_dims_4", small, "--dims", "4", extra=("--dims", 4)),
+        train("train_depth_without_dims_3", small, "--patch-size D Y X", "--dims 3", extra=("--patch-size", "8x32x32")),
         ("output_exists", BadCase(("denoise", model, good, "-o", out / "exists" / "good.tif"), ("good.tif", "--overwrite"),
                                   out / "exists", {"good.tif": b"keep me"})),
         ("sample_output_exists", BadCase(("sample", model, good, "-o", out / "sample_exists", "-n", 2, "--target-psnr", 5),
                                          ("good_mean.tif", "--overwrite"), out / "sample_exists", {"good_mean.tif": b"keep me too"})),
         ("sample_negative_dispersion", BadCase(("sample", model, good, "-o", out / "sample_dispersion", "-n", 2, "--target-psnr", 5, "--dispersion", -1),
                                                ("dispersion", "-1"), out / "sample_dispersion")),
+        ("sample_check_plot_not_png", BadCase(("sample", model, good, "-o", out / "sample_check_plot", "-n", 2, "--target-psnr", 5,
+                                                "--check-plot", out / "sample_check_plot" / "check.jpg"), ("--check-plot", "check.jpg"), out / "sample_check_plot")),
     ])
 
 
@@ -549,7 +553,7 @@ BAD_CASE_NAMES = [
     "non_integer", "negative", "nan", "inf", "empty", "truncated", "text_file", "missing_input",
     "model_random_bytes", "model_foreign_dict", "model_future_format", "device_cuda",
     "train_image_smaller_than_patch", "unknown_preset", "config_unknown_key", "output_exists", "sample_output_exists",
-    "sample_negative_dispersion",
+    "sample_negative_dispersion", "train_dims_4", "train_depth_without_dims_3", "sample_check_plot_not_png",
 ]
 
 

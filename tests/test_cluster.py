@@ -190,12 +190,13 @@ def test_the_check_on_the_cluster_is_the_single_process_check_of_each_file_and_o
     sources = [write_image(tmp_path / f"cell{i}.tif", image, "YX") for i, image in enumerate(images)]
     targets = [[tmp_path / "out" / f"cell{i}{suffix}.tif" for suffix in ("_samples", "_mean", "_std")] for i in range(2)]
     options = dict(target_psnr=8.0, seed=3, tile=None, gain=4.0)
-    result = sample_on_cluster(client, model_file, sources, targets, n=4, device="cpu", check=True, check_splits=2, **options)
-    assert result.failures == [] and len(result.notes) == 5, result.notes  # sampled, checked: each file; pooled
+    result = sample_on_cluster(client, model_file, sources, targets, n=4, device="cpu", check_plot=tmp_path / "check.png", check_splits=2, **options)
+    assert result.failures == [] and len(result.notes) == 6, result.notes  # sampled, checked: each file; pooled; the plot
     checks = [check_calibration(tiny_model, image, 4, splits=2, device="cpu", **options) for image in images]
     for index, check in enumerate(checks):
         assert check.summary(f"cell{index}.tif") in result.notes
-    assert result.notes[-1] == pool_checks(checks).summary("all 2 planes pooled")
+    assert result.notes[-2] == pool_checks(checks).summary("all 2 images pooled")
+    assert result.notes[-1].startswith("check plot written") and (tmp_path / "check.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:

@@ -196,3 +196,59 @@ def test_the_standard_error_holds_when_the_held_out_photons_swamp_the_spread(lev
     stated = float(np.mean([check.standard_error for check in readings]))
     assert 0.85 < stated / spread < 2.0, (stated, spread)
     assert not any(check.conclusive for check in readings)
+
+
+def test_each_bins_standard_error_is_the_spread_of_its_readings():
+    """Per bin, as for the whole check: on exact samples of 16 images the stated error of each bin's
+    reading matches the readings' scatter, and pooling four splits shrinks it."""
+    single = [spread_skill(*next(gamma_splits(seed, 1))) for seed in range(16)]
+    scatter = np.std([check.per_bin for check in single], axis=0, ddof=1)
+    stated = np.mean([check.per_bin_standard_error for check in single], axis=0)
+    assert len(stated) == 10 and 0.7 < float(np.mean(stated / scatter)) < 1.5, (stated, scatter)
+    pooled = pool_checks([spread_skill(*split) for split in gamma_splits(0, 4)])
+    assert float(np.mean(pooled.per_bin_standard_error)) < 0.8 * float(np.mean(stated))
+
+
+def test_the_check_plot_draws_each_check_and_the_pooled_one_with_its_errors(monkeypatch, tmp_path):
+    import photongap.plotting as plotting
+
+    checks = [(f"image {seed}", spread_skill(*next(gamma_splits(seed, 1)))) for seed in range(3)]
+    pooled = pool_checks([check for _, check in checks])
+    drawn = []
+    monkeypatch.setattr(plotting, "_save", lambda figure, path: drawn.append(figure))
+    plotting.plot_calibration_check(checks, tmp_path / "check.png", pooled)
+    axes = drawn[0].axes[0]
+    lines = {line.get_label(): line.get_ydata() for line in axes.get_lines()}
+    for name, check in checks:
+        (label,) = [label for label in lines if label.startswith(f"{name}: {check.implied_coverage:.0%} ± {check.standard_error:.0%}")]
+        assert np.allclose(lines[label], 100 * np.array(check.per_bin)), label
+    (thick,) = axes.containers  # the pooled check, with its bars
+    assert thick.get_label().startswith(f"all pooled: {pooled.implied_coverage:.0%}")
+    line, _, (bars,) = thick.lines
+    assert np.allclose(line.get_ydata(), 100 * np.array(pooled.per_bin))
+    assert np.allclose([segment[1, 1] - segment[0, 1] for segment in bars.get_segments()], 200 * np.array(pooled.per_bin_standard_error))
+
+
+def test_the_sample_command_writes_the_check_plot_and_keeps_an_existing_one(tiny_model, poisson_image, tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from photongap.cli import app
+
+    tiny_model.info = {"trained_range": [-3.0, -0.2]}
+    tiny_model.save(tmp_path / "model.pt")
+    tifffile.imwrite(tmp_path / "cell.tif", poisson_image((64, 64), 1.0))
+
+    def sample(out: str, *extra: str):
+        return CliRunner().invoke(app, ["sample", str(tmp_path / "model.pt"), str(tmp_path / "cell.tif"), "-o", str(tmp_path / out), "-n", "4",
+                                        "--posterior-gain", "4", "--device", "cpu", "--check-splits", "1", "--check-plot", str(tmp_path / "check.png"), *extra])
+
+    result = sample("out")  # --check-plot implies --check
+    assert result.exit_code == 0, result.output
+    assert "check cell.tif:" in result.output and "check plot written to" in result.output
+    written = (tmp_path / "check.png").read_bytes()
+    assert written[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = sample("again")
+    assert refused.exit_code != 0 and "check.png" in str(refused.exception) and "--overwrite" in str(refused.exception)
+    assert not (tmp_path / "again").exists() and (tmp_path / "check.png").read_bytes() == written
+    assert sample("again", "--overwrite").exit_code == 0

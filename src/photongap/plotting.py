@@ -14,6 +14,7 @@ from photongap.io import atomic_output
 
 if TYPE_CHECKING:
     from photongap.calibration import Calibration, PhotonTransfer
+    from photongap.posterior_check import CalibrationCheck
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -98,7 +99,6 @@ def plot_photon_transfer(ptc: PhotonTransfer, calibration: Calibration, path: st
     _save(figure, Path(path))
 
 
-
 def plot_assessment(report: dict, path: str | Path) -> None:
     """Held-out MSE against split fraction per image, with the extrapolated full-exposure estimate (``photongap assess``)."""
     figure = Figure(figsize=(6.4, 4.0))
@@ -135,4 +135,44 @@ def plot_exposure_plan(plan: dict, path: str | Path) -> None:
     axes.set_title(plan.get("recommendation", ""), fontsize=8, wrap=True)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    _save(figure, Path(path))
+
+
+def plot_calibration_check(checks: Sequence[tuple[str, CalibrationCheck]], path: str | Path, pooled: CalibrationCheck | None = None, pooled_name: str = "all pooled") -> None:
+    """Reliability diagram of ``photongap sample --check``: the implied coverage of each bin of predicted variance.
+
+    A thin line per named check (plane, volume, image) and a thick one with each bin's standard
+    error for ``pooled`` (or for the only check). Bins of calibrated samples lie in the band
+    around the nominal coverage; too wide, above it; too narrow, below it. A bin's reading is its
+    error-to-spread ratio put as a Gaussian's coverage: it says whether the samples' variance is
+    right there, not their shape (README, known limits).
+    """
+    from photongap.posterior_check import CHECK_RESOLUTION
+
+    named = [(pooled_name, pooled)] if pooled is not None else list(checks[:1]) if len(checks) == 1 else []
+    figure = Figure(figsize=(8.6, 4.4))
+    axes = figure.add_subplot()
+    nominal, band = 100 * checks[0][1].nominal, 100 * CHECK_RESOLUTION
+    axes.axhspan(nominal - band, nominal + band, color="0.9", zorder=0, label=f"calibrated: {nominal:.0f}% ± {band:.0f} points")
+    axes.axhline(nominal, color="0.5", linewidth=1, zorder=1)
+    bins = np.arange(1, len(checks[0][1].per_bin) + 1)
+
+    def label(name: str, check: CalibrationCheck) -> str:
+        return f"{name}: {check.implied_coverage:.0%} ± {check.standard_error:.0%}" + ("" if check.conclusive else ", inconclusive")
+
+    if len(checks) > 1:
+        few = len(checks) <= 8
+        for number, (name, check) in enumerate(checks):
+            axes.plot(bins, 100 * np.asarray(check.per_bin), "-", color=f"C{number}" if few else "0.65", linewidth=1, alpha=0.8, label=label(name, check) if few else None)
+    for name, check in named:
+        error = 100 * np.asarray(check.per_bin_standard_error) if check.per_bin_standard_error else None
+        axes.errorbar(bins, 100 * np.asarray(check.per_bin), yerr=error, fmt="o-", color="k", linewidth=2, markersize=4, capsize=3, label=label(name, check))
+    low = min([min(check.per_bin) for _, check in checks] + [min(np.subtract(check.per_bin, check.per_bin_standard_error or 0.0)) for _, check in named])
+    axes.set_xticks(bins)
+    axes.set_ylim(min(50.0, 10 * np.floor(10 * low)) - 3, 103)
+    axes.set_xlabel("bin of the samples' predicted variance (tenths of the pixels, lowest first)")
+    axes.set_ylabel(f"coverage of the central {nominal:.0f}% implied\nby the held-out error / the spread (%)")
+    axes.set_title("Held-out photons' check of the samples' spread: above the band too wide, below too narrow", fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(figure, Path(path))

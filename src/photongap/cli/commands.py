@@ -34,6 +34,7 @@ from photongap.cli.app import (
     schedule_from_options,
 )
 from photongap.cli.cluster import ClusterOption, cluster_address
+from photongap.errors import PhotongapError
 
 
 @app.command()
@@ -170,6 +171,7 @@ def sample(
         typer.Option("--check", help="Also print the coverage of the samples' central 80% implied by held-out photons (0.8: calibrated; no ground truth), for each plane and pooled over all: --check-splits more sampling runs, each on four fifths of the photons."),
     ] = False,
     check_splits: Annotated[Optional[int], typer.Option(min=1, help="Held-out splits of each plane the --check pools [default: 4; fewer: faster, noisier].")] = None,
+    check_plot: Annotated[Optional[Path], typer.Option(help="PNG of the --check (implied): the implied coverage of each tenth of the pixels by predicted variance, per plane and pooled.")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same device).")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call [default: 1 on a CPU (fastest there), 16 on a GPU].")] = None,
     tile: Annotated[int, typer.Option(help="Images larger than this are sampled tile by tile (logits stitched before each softmax); 0 = never.")] = defaults.DEFAULT_SAMPLE_TILE,
@@ -191,9 +193,12 @@ def sample(
     from photongap.model import load
     from photongap.movie import MovieRecorder
     from photongap.pipeline import read_images, sample_file, units_of
-    from photongap.posterior_check import CHECK_SPLITS, check_calibration, pooled_summary
+    from photongap.posterior_check import CHECK_SPLITS, check_calibration, pool_checks, pooled_summary
 
     check_splits = CHECK_SPLITS if check_splits is None else check_splits
+    check = check or check_plot is not None
+    if check_plot is not None and check_plot.suffix.lower() != ".png":
+        raise PhotongapError(f"--check-plot must be a .png file, got {check_plot}")
     if target_photons is not None:
         target_psnr = None
     camera = camera_from_options(gain, offset, calibration)
@@ -207,12 +212,12 @@ def sample(
     common = dict(seed=seed, batch_size=batch_size, tile=tile or None, device=device.value, precision=precision.value)
     paths = find_images(inputs)
     targets = output_paths(paths, out, ("_samples", "_mean", "_std"), extension=".tif")
-    check_new_outputs([path for group in targets for path in group], overwrite)
+    check_new_outputs([path for group in targets for path in group] + ([check_plot] if check_plot else []), overwrite)
     network = load(model)
     if cluster is not None:
         from photongap.cli.cluster import sample_on_cluster
 
-        return sample_on_cluster(cluster, model, paths, targets, axes=axes, camera=camera, device=device.value, movie=movie, n=n, check=check, check_splits=check_splits, overwrite=overwrite,
+        return sample_on_cluster(cluster, model, paths, targets, axes=axes, camera=camera, device=device.value, movie=movie, n=n, check=check, check_splits=check_splits, check_plot=check_plot, overwrite=overwrite,
                                  output_units=output_units.value, **options, **{key: value for key, value in common.items() if key != "device"})
     images = read_images(paths, axes, camera)
     recorder = MovieRecorder() if movie else None
@@ -237,9 +242,15 @@ def sample(
             position = tuple(key for key in index if not isinstance(key, slice))
             where = f" {'volume' if network.config.dims == 3 else 'plane'} {position}" if position else ""
             console.print(result.summary(f"{image.path.name}{where}"))
-            checks.append(result)
-    if (pooled := pooled_summary(checks, "volumes" if network.config.dims == 3 else "planes")) is not None:
+            checks.append((f"{image.path.name}{where}", result))
+    what = "volumes" if network.config.dims == 3 else "images" if len(checks) == len(paths) else "planes"
+    if (pooled := pooled_summary([result for _, result in checks], what)) is not None:
         console.print(pooled)
+    if check_plot is not None:
+        from photongap.plotting import plot_calibration_check
+
+        plot_calibration_check(checks, check_plot, pool_checks([result for _, result in checks]) if len(checks) > 1 else None, f"all {len(checks)} {what} pooled")
+        console.print(f"check plot written to {check_plot}")
     if recorder is not None:
         recorder.save(movie)
         console.print(f"movie written to {movie}")

@@ -88,6 +88,7 @@ def sample_on_cluster(
     device: str = "auto",
     check: bool = False,
     check_splits: int | None = None,
+    check_plot: str | Path | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
@@ -97,18 +98,26 @@ def sample_on_cluster(
     ``targets`` holds each file's three outputs (samples, mean, std); ``check`` adds the
     ``--check`` coverage of each plane (``check_splits`` splits each, default
     :data:`photongap.posterior_check.CHECK_SPLITS`) to the result's notes, and that of all the
-    planes pooled; ``options`` (``seed``, ``target_psnr``, ``schedule``, ``output_units``, ...) go
-    to ``sample_file``.
+    planes pooled; ``check_plot`` (a PNG path) implies ``check`` and draws it
+    (:func:`photongap.plotting.plot_calibration_check`); ``options`` (``seed``, ``target_psnr``,
+    ``schedule``, ``output_units``, ...) go to ``sample_file``.
     """
     from photongap.io import check_new_outputs
-    from photongap.posterior_check import CHECK_SPLITS, pooled_summary
+    from photongap.posterior_check import CHECK_SPLITS, pool_checks, pooled_summary
 
     groups = [[Path(p) for p in group] for group in targets]
-    check_new_outputs([path for group in groups for path in group], overwrite)
+    check_new_outputs([path for group in groups for path in group] + ([Path(check_plot)] if check_plot else []), overwrite)
     model_path = Path(model_path).resolve()
-    splits = (CHECK_SPLITS if check_splits is None else check_splits) if check else 0
+    splits = (CHECK_SPLITS if check_splits is None else check_splits) if check or check_plot else 0
     jobs = [sample_job(model_path, Path(source), group, axes=axes, camera=camera, device=device, n=n, check=splits, **options) for source, group in zip(sources, groups)]
     result = run_jobs(client, jobs, progress)
-    if (pooled := pooled_summary([check for job in jobs for check in job.checks], "planes")) is not None:
+    named = [pair for job in jobs for pair in job.checks]
+    what = "images" if len(named) == len(jobs) else "planes"
+    if (pooled := pooled_summary([check for _, check in named], what)) is not None:
         result.notes.append(pooled)
+    if check_plot is not None and named:
+        from photongap.plotting import plot_calibration_check
+
+        plot_calibration_check(named, check_plot, pool_checks([check for _, check in named]) if len(named) > 1 else None, f"all {len(named)} {what} pooled")
+        result.notes.append(f"check plot written to {check_plot}")
     return result

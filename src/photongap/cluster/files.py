@@ -62,8 +62,8 @@ class FileJob:
     samples: int = 0
     """Samples per image, for a sampling job's note."""
     notes: list[str] = field(default_factory=list)
-    checks: list[CalibrationCheck] = field(default_factory=list)
-    """A sampling job's ``--check`` of each plane, once finished."""
+    checks: list[tuple[str, CalibrationCheck]] = field(default_factory=list)
+    """A sampling job's ``--check`` of each plane, named, once finished."""
     tasks: int = 1
     complete: bool = False
     _written: list[Path] = field(default_factory=list)
@@ -85,9 +85,9 @@ class FileJob:
             self._written = list(written)
             self.notes.append(f"sampled {self.source.name}: {self.samples} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
             for index, check in coverage:
-                where = f" plane {index}" if index else ""
-                self.notes.append(check.summary(f"{self.source.name}{where}"))
-                self.checks.append(check)
+                name = f"{self.source.name} plane {index}" if index else self.source.name
+                self.notes.append(check.summary(name))
+                self.checks.append((name, check))
         else:
             self._written = [value]
         self.complete = True
