@@ -65,7 +65,8 @@ the data) it was within 2.7 points on both data sets, and 1.2 and 4.3 points wit
 per-pixel gain map (benchmarks/bench_sampling.py). The held-out ``b`` is then noisier (its
 weight grows as ``p / (1 - p)``): at 0.1 photons/px it holds too few photons, the check's
 standard error on one 256 px image is 4.4-8.0 points even with :data:`CHECK_SPLITS` splits, and
-it mostly says it cannot tell (README, known limits)."""
+it mostly says it cannot tell; where it said it could (standard errors 4.6-4.9) it was off by up
+to 10 points, mostly low (README, known limits)."""
 CHECK_BINS = 10
 """Bins of predicted variance."""
 CHECK_SPLITS = 4
