@@ -216,7 +216,7 @@ def test_the_check_plot_draws_each_check_and_the_pooled_one_with_its_errors(monk
     pooled = pool_checks([check for _, check in checks])
     drawn = []
     monkeypatch.setattr(plotting, "_save", lambda figure, path: drawn.append(figure))
-    plotting.plot_calibration_check(checks, tmp_path / "check.png", pooled)
+    plotting.plot_calibration_check(checks, tmp_path / "check.png", ("all pooled", pooled))
     axes = drawn[0].axes[0]
     lines = {line.get_label(): line.get_ydata() for line in axes.get_lines()}
     for name, check in checks:

@@ -138,18 +138,19 @@ def plot_exposure_plan(plan: dict, path: str | Path) -> None:
     _save(figure, Path(path))
 
 
-def plot_calibration_check(checks: Sequence[tuple[str, CalibrationCheck]], path: str | Path, pooled: CalibrationCheck | None = None, pooled_name: str = "all pooled") -> None:
+def plot_calibration_check(checks: Sequence[tuple[str, CalibrationCheck]], path: str | Path, pooled: tuple[str, CalibrationCheck] | None = None) -> None:
     """Reliability diagram of ``photongap sample --check``: the implied coverage of each bin of predicted variance.
 
     A thin line per named check (plane, volume, image) and a thick one with each bin's standard
-    error for ``pooled`` (or for the only check). Bins of calibrated samples lie in the band
+    error for the named ``pooled`` check (:func:`photongap.posterior_check.pooled_check`), or for
+    the only check. Bins of calibrated samples lie in the band
     around the nominal coverage; too wide, above it; too narrow, below it. A bin's reading is its
     error-to-spread ratio put as a Gaussian's coverage: it says whether the samples' variance is
     right there, not their shape (README, known limits).
     """
     from photongap.posterior_check import CHECK_RESOLUTION
 
-    named = [(pooled_name, pooled)] if pooled is not None else list(checks[:1]) if len(checks) == 1 else []
+    named = [pooled] if pooled is not None else list(checks[:1]) if len(checks) == 1 else []
     figure = Figure(figsize=(8.6, 4.4))
     axes = figure.add_subplot()
     nominal, band = 100 * checks[0][1].nominal, 100 * CHECK_RESOLUTION

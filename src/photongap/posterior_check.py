@@ -261,11 +261,11 @@ def pool_checks(checks: Sequence[CalibrationCheck]) -> CalibrationCheck:
     return coverage_check(binned, nominal=checks[0].nominal, splits=sum(check.splits for check in checks))
 
 
-def pooled_summary(checks: Sequence[CalibrationCheck], what: str) -> str | None:
-    """The line of :func:`pool_checks` over several ``what`` (``"planes"``, ``"volumes"``); None for fewer than two checks."""
+def pooled_check(checks: Sequence[tuple[str, CalibrationCheck]], what: str) -> tuple[str, CalibrationCheck] | None:
+    """Named checks pooled (:func:`pool_checks`) under the name ``"all N {what} pooled"`` (``what``: ``"images"``, ``"planes"``, ``"volumes"``); None for fewer than two."""
     if len(checks) < 2:
         return None
-    return pool_checks(checks).summary(f"all {len(checks)} {what} pooled")
+    return f"all {len(checks)} {what} pooled", pool_checks([check for _, check in checks])
 
 
 def check_calibration(

@@ -193,7 +193,7 @@ def sample(
     from photongap.model import load
     from photongap.movie import MovieRecorder
     from photongap.pipeline import read_images, sample_file, units_of
-    from photongap.posterior_check import CHECK_SPLITS, check_calibration, pool_checks, pooled_summary
+    from photongap.posterior_check import CHECK_SPLITS, check_calibration, pooled_check
 
     check_splits = CHECK_SPLITS if check_splits is None else check_splits
     check = check or check_plot is not None
@@ -244,12 +244,12 @@ def sample(
             console.print(result.summary(f"{image.path.name}{where}"))
             checks.append((f"{image.path.name}{where}", result))
     what = "volumes" if network.config.dims == 3 else "images" if len(checks) == len(paths) else "planes"
-    if (pooled := pooled_summary([result for _, result in checks], what)) is not None:
-        console.print(pooled)
+    if (pooled := pooled_check(checks, what)) is not None:
+        console.print(pooled[1].summary(pooled[0]))
     if check_plot is not None:
         from photongap.plotting import plot_calibration_check
 
-        plot_calibration_check(checks, check_plot, pool_checks([result for _, result in checks]) if len(checks) > 1 else None, f"all {len(checks)} {what} pooled")
+        plot_calibration_check(checks, check_plot, pooled)
         console.print(f"check plot written to {check_plot}")
     if recorder is not None:
         recorder.save(movie)

@@ -103,7 +103,7 @@ def sample_on_cluster(
     ``schedule``, ``output_units``, ...) go to ``sample_file``.
     """
     from photongap.io import check_new_outputs
-    from photongap.posterior_check import CHECK_SPLITS, pool_checks, pooled_summary
+    from photongap.posterior_check import CHECK_SPLITS, pooled_check
 
     groups = [[Path(p) for p in group] for group in targets]
     check_new_outputs([path for group in groups for path in group] + ([Path(check_plot)] if check_plot else []), overwrite)
@@ -112,12 +112,11 @@ def sample_on_cluster(
     jobs = [sample_job(model_path, Path(source), group, axes=axes, camera=camera, device=device, n=n, check=splits, **options) for source, group in zip(sources, groups)]
     result = run_jobs(client, jobs, progress)
     named = [pair for job in jobs for pair in job.checks]
-    what = "images" if len(named) == len(jobs) else "planes"
-    if (pooled := pooled_summary([check for _, check in named], what)) is not None:
-        result.notes.append(pooled)
+    if (pooled := pooled_check(named, "images" if len(named) == len(jobs) else "planes")) is not None:
+        result.notes.append(pooled[1].summary(pooled[0]))
     if check_plot is not None and named:
         from photongap.plotting import plot_calibration_check
 
-        plot_calibration_check(named, check_plot, pool_checks([check for _, check in named]) if len(named) > 1 else None, f"all {len(named)} {what} pooled")
+        plot_calibration_check(named, check_plot, pooled)
         result.notes.append(f"check plot written to {check_plot}")
     return result
