@@ -109,17 +109,22 @@ def percentile_coverage_80(samples: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((truth >= low) & (truth <= high)))
 
 
-def rank_coverage_80(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> float:
-    """Share of pixels whose truth ranks inside the samples' central 80%: 0.8 when calibrated, at any n.
+def ranks_inside_80(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per pixel, whether the truth ranks inside the samples' central 80% (ties randomised).
 
     ``u = (#samples below the truth + U(0, 1) * (#ties + 1)) / (n + 1)`` is uniform on (0, 1) when
-    the truth is exchangeable with the samples; the share of pixels with ``u`` in [0.1, 0.9].
+    the truth is exchangeable with the samples; inside: ``u`` in [0.1, 0.9].
     """
     n = samples.shape[0]
     below = (samples < truth[None]).sum(axis=0)
     ties = (samples == truth[None]).sum(axis=0)
     u = (below + rng.random(truth.shape) * (ties + 1)) / (n + 1)
-    return float(np.mean((u >= 0.1) & (u <= 0.9)))
+    return (u >= 0.1) & (u <= 0.9)
+
+
+def rank_coverage_80(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> float:
+    """Share of pixels whose truth ranks inside the samples' central 80%: 0.8 when calibrated, at any n."""
+    return float(np.mean(ranks_inside_80(samples, truth, rng)))
 
 
 def run_setting(model: GapModel, setting: dict, noisy: list[np.ndarray], clean: list[np.ndarray], mmse: list[np.ndarray], n: int, seed: int, target_psnr: float) -> dict:
@@ -239,9 +244,7 @@ def truth_in_bins(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generat
     halves = [samples[0::2], samples[1::2]]
     sums = np.zeros((bins, 4))
     for cut, score in (halves, halves[::-1]):
-        m = score.shape[0]
-        u = ((score < truth[None]).sum(axis=0) + rng.random(truth.shape) * ((score == truth[None]).sum(axis=0) + 1)) / (m + 1)
-        inside = ((u >= 0.1) & (u <= 0.9)).reshape(-1)
+        inside = ranks_inside_80(score, truth, rng).reshape(-1)
         variance = score.var(axis=0, ddof=1).reshape(-1)
         for k, part in enumerate(np.array_split(np.argsort(cut.var(axis=0, ddof=1).reshape(-1), kind="stable"), bins)):
             sums[k] += error[part].sum(), variance[part].sum() * (1 + 1 / n), inside[part].sum(), len(part)
