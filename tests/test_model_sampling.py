@@ -263,12 +263,12 @@ def test_the_gain_comes_from_the_argument_else_the_image(tiny_model, poisson_ima
     estimated = tiny_model.sample(counts, 2, device="cpu", precision="fp32")
     # Six held-out splits at each of q = 0.5 and 0.7 of the trained top, then the gain map: the image
     # thinned to the top less the probes' photons, alone and with each half of the 9 lattices of
-    # 3 x 3 px (1/18 of the pixels each, which bring it back to the top): 12 + 1 + 18 network calls.
+    # 6 x 6 px (a photon in 72 pixels each, which brings it back to the top): 12 + 1 + 18 network calls.
     assert estimated.gain_calls == 31 and len(seen) == 31 + 2 * estimated.network_calls
     top = 10 ** (-0.2 / 10)
     assert max(seen[:6]) < 0.5 * top * 1.1 and 0.7 * top * 0.9 < min(seen[6:12]) < 0.7 * top * 1.1
-    assert seen[12] == pytest.approx(top * top / (top + 1 / 18), rel=0.05)
-    assert all(probed - seen[12] == pytest.approx(1 / 18, rel=0.25) for probed in seen[13:31])
+    assert seen[12] == pytest.approx(top * top / (top + 1 / 72), rel=0.05)
+    assert all(probed - seen[12] == pytest.approx(1 / 72, rel=0.25) for probed in seen[13:31])
     assert estimated.gain >= tiny_model.estimate_gain(counts, seed=1_000_003, device="cpu", precision="fp32") and estimated.gain != 7.5
     # The gain sets the spread: a larger g, narrower samples.
     wide = tiny_model.sample(counts, 8, gain=1.0, device="cpu", precision="fp32")

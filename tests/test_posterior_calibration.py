@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level
-from photongap.robbins import in_plane_mean, probe_halves, robbins_gain_map, robbins_steps, self_response
+from photongap.robbins import ROBBINS_WINDOW, in_plane_mean, probe_halves, read_grid, robbins_gain_map, robbins_lattice, self_response
+from photongap.sampling.gain import spread_gain
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -133,11 +134,11 @@ def box(y: torch.Tensor, side: int) -> torch.Tensor:
     return pool(torch.nn.functional.pad(y, (side // 2,) * (2 * spatial), mode="replicate"), side, stride=1)
 
 
-def robbins_map(smoother, counts: torch.Tensor, steps, window: int = 3) -> torch.Tensor:
+def robbins_map(smoother, counts: torch.Tensor, steps, window: int = 3, grid=None) -> torch.Tensor:
     response = torch.zeros_like(counts, dtype=torch.float64)
-    for first, second in probe_halves(counts, steps, torch.Generator().manual_seed(1)):
+    for first, second in probe_halves(counts, steps, torch.Generator().manual_seed(1), grid):
         response += self_response(smoother(counts + first), smoother(counts + second), first, second)
-    return robbins_gain_map(response, window)
+    return robbins_gain_map(response, window, grid)
 
 
 def test_the_gain_map_is_higher_where_the_network_pools_more_photons():
@@ -192,17 +193,20 @@ def test_a_flat_gain_map_is_the_dirichlet_and_a_higher_gain_narrows_its_pixels()
 
 
 def test_the_gain_map_of_a_volume_reads_its_planes_too():
-    """The same map on a (D, Y, X) volume with the lattice of volumes: a 3 x 3 x 3 box against a 5 x 5 x 5 one (g = 27 and 125)."""
+    """The same map on a (D, Y, X) volume with the lattice of volumes: a 3 x 3 x 3 box against a 7 x 7 x 7 one (g = 27 and 343)."""
     counts = torch.poisson(torch.full((1, 1, 20, 48, 48), 3.0), generator=torch.Generator().manual_seed(0)).double()
 
     def smoother(y):
-        return torch.cat([box(y, 3)[..., :24], box(y, 5)[..., 24:]], dim=-1)
+        return torch.cat([box(y, 3)[..., :24], box(y, 7)[..., 24:]], dim=-1)
 
-    gain_map = robbins_map(smoother, counts, robbins_steps(3))
-    assert gain_map.shape == counts.shape and robbins_steps(3) == (2, 3, 3)
-    # Planes 2 apart: the narrow box sees no other probe, the wide one two (above and below).
-    torch.testing.assert_close(gain_map[..., 2:18, 4:44, 2:20], torch.full_like(gain_map[..., 2:18, 4:44, 2:20], 27.0))
-    assert float((1 / gain_map[..., 4:16, 8:40, 30:44]).mean()) == pytest.approx(1 / 125, rel=0.2)
+    spacing, grid = robbins_lattice(3)
+    assert (spacing, grid) == ((2, 6, 6), (1, 2, 2))
+    gain_map = robbins_map(smoother, counts, spacing, ROBBINS_WINDOW, grid)
+    assert gain_map.shape == counts.shape
+    # Planes 2 apart: the narrow box sees no other probe, the wide one the probes 2 planes above
+    # and below, and in Y and X the next lattice points 6 px away.
+    torch.testing.assert_close(gain_map[..., 2:18, 4:44, 4:20], torch.full_like(gain_map[..., 2:18, 4:44, 4:20], 27.0))
+    assert float((1 / gain_map[..., 4:16, 8:40, 30:42]).mean()) == pytest.approx(1 / 343, rel=0.2)
 
 
 def test_the_readings_of_a_volume_are_averaged_within_its_planes():
@@ -211,3 +215,70 @@ def test_the_readings_of_a_volume_are_averaged_within_its_planes():
     image = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
     image[..., 2, 2] = 9.0
     assert float(in_plane_mean(image, 3)[..., 1:4, 1:4].min()) == 1.0 and float(in_plane_mean(image, 3)[..., 0, 0]) == 0.0
+
+
+def test_the_lattices_read_the_grid_once_and_the_map_averages_its_readings():
+    like = torch.zeros(1, 1, 24, 30)
+    pairs = list(probe_halves(like, (6, 6), torch.Generator().manual_seed(0), (2, 2)))
+    assert len(pairs) == 9 and all(float(first.sum() + second.sum()) == 20.0 for first, second in pairs)  # (24/6) x (30/6) points each
+    covered = sum(first + second for first, second in pairs)
+    torch.testing.assert_close(covered.double(), read_grid(like, (2, 2)))  # every grid pixel once, no other
+    # Box smoothers no wider than the lattice see no other probe: exact at every pixel, read or not.
+    counts = torch.poisson(torch.full((1, 1, 96, 96), 3.0), generator=torch.Generator().manual_seed(0)).double()
+
+    def smoother(y):  # 3 x 3 on the left, 5 x 5 in the middle, 9 x 9 on the right: g = 9, 25, 81
+        return torch.cat([box(y, 3)[..., :32], box(y, 5)[..., 32:64], box(y, 9)[..., 64:]], dim=-1)
+
+    spacing, grid = robbins_lattice(2)
+    gain_map = robbins_map(smoother, counts, spacing, ROBBINS_WINDOW, grid)
+    torch.testing.assert_close(gain_map[..., 4:92, 4:28], torch.full_like(gain_map[..., 4:92, 4:28], 9.0))
+    torch.testing.assert_close(gain_map[..., 4:92, 36:60], torch.full_like(gain_map[..., 4:92, 36:60], 25.0))
+    # Within 9 px a lattice point has its 8 neighbours 6 px away, with random signs: unbiased, noisy.
+    assert float((1 / gain_map[..., 8:88, 70:90]).mean()) == pytest.approx(1 / 81, rel=0.2)
+    with pytest.raises(ValueError, match="grid"):
+        robbins_gain_map(torch.zeros(1, 1, 8, 8), 1, (2, 2))  # a 1 px box misses the pixels between
+
+
+def test_sparse_probes_read_a_dim_image_as_it_is_and_dense_ones_flatten_it(monkeypatch):
+    """At 0.1 photons/px the probes' photons are a good part of the image the network reads.
+
+    The "network" pools more photons where the image is dim (a 9 x 9 box on the dark
+    background, 3 x 3 on a bright disc, blended by the photons within 15 px): its self-response
+    is about 5 times higher on the disc. spread_gain thins the image by the probes' photons, so
+    a lattice 3 px apart replaces a third of them by a uniform grid: the background looks
+    brighter, pools less, and the map is flatter than the network's response to one photon at
+    the image itself. The 6 px lattices (a photon in 72 pixels per call) keep it.
+    """
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 10**2
+    clean = np.where(disc, 2.0, 0.03)  # 0.1 photons/px over the image
+    counts = np.random.default_rng(0).poisson(clean).astype(np.float32)
+
+    def smoother(y):
+        share = (box(y, 15) / 0.3).clamp(0, 1)
+        return share * box(y, 3) + (1 - share) * box(y, 9)
+
+    def logits(y):
+        return torch.log(smoother(y.double()) + 1e-12).float()
+
+    def contrast(response: np.ndarray) -> float:  # self-response on the disc over the background's
+        return float(response[40:57, 40:57].mean() / response[np.ix_(range(5, 91), range(5, 25))].mean())
+
+    # The truth: one photon added at a time to the image as the network reads it (thinned to
+    # level**2 / (level + probes)), at the points of a 4 px grid in both regions.
+    image = torch.from_numpy(counts).double()[None, None]
+    exact = np.full(counts.shape, np.nan)
+    for y, x in [(y, x) for y in range(4, 92, 4) for x in range(4, 92, 4) if disc[y, x] and (y - 48) ** 2 + (x - 48) ** 2 < 8**2 or x < 25]:
+        added = image.clone()
+        added[..., y, x] += 1
+        exact[y, x] = float(smoother(added)[..., y, x] - smoother(image)[..., y, x])
+    truth = float(np.nanmean(np.where(disc, exact, np.nan)[40:57, 40:57]) / np.nanmean(exact[5:91, 5:25]))
+
+    def measured(spacing, grid) -> float:
+        monkeypatch.setattr("photongap.sampling.gain.robbins_lattice", lambda dims: (spacing, grid))
+        gain_map, _ = spread_gain(counts, 1.0, logits, None, seed=3, device=torch.device("cpu"))
+        return contrast(1 / gain_map[0, 0].numpy())
+
+    assert truth > 4
+    assert measured((6, 6), (2, 2)) == pytest.approx(truth, rel=0.25)
+    assert measured((3, 3), (1, 1)) < 0.7 * truth

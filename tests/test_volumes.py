@@ -299,7 +299,7 @@ def test_a_3d_model_samples_and_generates_volumes_and_films_their_projection():
     np.testing.assert_allclose(posterior.samples.sum(axis=(1, 2, 3)), counts.sum(), rtol=1e-4)  # scaled to the input's photons
     assert len(recorder) >= 1 and recorder.frames[0].ndim == 2
     # The default gain is measured on the volume and mapped over its voxels: 12 held-out calls, the
-    # volume and both halves of the 2 x 3 x 3 lattices (they span D too).
+    # volume and both halves of the 2 x 6 x 6 lattices at the 18 offsets of a grid of 1 x 2 x 2 (they span D too).
     measured = model.sample(counts, 2, seed=1)
     assert measured.samples.shape == (2, 6, 16, 16) and measured.gain_calls == 12 + 1 + 36 and measured.gain > 0
     np.testing.assert_allclose(measured.samples.sum(axis=(1, 2, 3)), counts.sum(), rtol=1e-4)

@@ -2,55 +2,106 @@
 
 For Poisson counts and any prior, Robbins' identity gives a pixel's posterior variance from the
 posterior mean alone, ``mu_i (mu_i(y + e_i) - mu_i(y))``, and the network is such a mean. This
-module reads that self-response at every pixel from a few network calls: photons added on
-lattices split in random halves (:func:`probe_halves`), the self-response read from the two
-(:func:`self_response`), and the local gain it implies (:func:`robbins_gain_map`). Pure tensor
-functions; the calls are made by :func:`photongap.sampling.gain.spread_gain`.
+module reads that self-response on a grid of pixels from a few network calls: photons added on
+sparse lattices split in random halves (:func:`probe_halves`), the self-response read from the
+two (:func:`self_response`), and the local gain it implies (:func:`robbins_gain_map`). Pure
+tensor functions; the calls are made by :func:`photongap.sampling.gain.spread_gain`.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from photongap.posterior import local_mean
 
-ROBBINS_STEPS = (3, 3)
-"""Lattice spacing of the probes per axis of an image (a volume's are ``(2, 3, 3)``, D first): :func:`probe_halves`.
+ROBBINS_LATTICE = (6, 6)
+"""Spacing of the probes of one network call per axis of an image (a volume's are ``(2, 6, 6)``, D first): :func:`probe_halves`.
 
-The network's response to one photon spreads over 5-15 px at 0.1 photons/px; the two halves of
-each lattice cancel that spread from the self-response in expectation (:func:`self_response`),
-so the spacing sets the calls (two per lattice offset: 18 for an image) and the noise, not a bias.
+Each call adds a photon at one pixel in ``2 * 36 = 72``. The network is read at the image's own
+photons only where the probes are few beside them: spread_gain thins the image by as many
+photons as the probes add, so at 0.1 photons/px a lattice 3 px apart (one photon in 18 pixels)
+replaced 36% of the image's photons by a regular grid and the network saw a flatter image.
+On the held-out time-lapse frames of the demo data at 0.1 photons/px the map's coefficient of
+variation was 0.60-0.64 from 3 px lattices and 1.01-1.17 from 6 px ones, both reading every pixel
+(0.50-0.75 and 0.50-0.89 at 1 photon/px). With this lattice, grid and :data:`ROBBINS_WINDOW` the
+samples covered the truth at 84.0, 85.3 and 79.6% (three draws of the demo data at 0.1
+photons/px; 86.6, 88.0 and 84.2% from 3 px lattices read at every pixel), 85.6-87.0% on the
+Hubble field (86.4-87.5%) and 80.1% on the time-lapse's volumes (89.6%; README, Known limits).
+The two halves of each lattice cancel the neighbours' spread from the self-response in
+expectation (:func:`self_response`), and fewer neighbours within the network's reach (5-15 px
+at 0.1 photons/px) also make each reading less noisy.
+"""
+ROBBINS_GRID = (2, 2)
+"""Pixels read per axis: one in ``2 x 2`` (every plane of a volume, ``(1, 2, 2)``), from ``prod(ROBBINS_LATTICE / ROBBINS_GRID) = 9`` lattice offsets.
+
+Reading every pixel from 6 px lattices takes 36 offsets, 72 network calls; the grid keeps the
+18 calls of the 3 px lattices that read every pixel, and :func:`robbins_gain_map` averages the
+readings of the grid around each pixel.
 """
 
 
-def robbins_steps(dims: int) -> tuple[int, ...]:
-    """The lattice spacing per axis for images of ``dims`` spatial axes (2 or 3)."""
-    return ROBBINS_STEPS if dims == 2 else (2, *ROBBINS_STEPS)
+def robbins_lattice(dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The probes' lattice spacing and the grid of read pixels per axis for images of ``dims`` spatial axes (2 or 3)."""
+    if dims == 2:
+        return ROBBINS_LATTICE, ROBBINS_GRID
+    return (2, *ROBBINS_LATTICE), (1, *ROBBINS_GRID)
 
 
-def probe_halves(like: torch.Tensor, steps: Sequence[int], generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Complementary probe patterns covering every pixel once: for each offset of a lattice, its points split at random in two.
+def lattice_offsets(spacing: Sequence[int], grid: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """The offsets of the lattices :func:`probe_halves` runs: every grid point within one lattice cell.
 
-    ``like`` is ``(1, C, Y, X)`` (or ``(1, C, D, Y, X)``); ``steps`` the lattice spacing per spatial
-    axis. Yields ``prod(steps)`` pairs ``(first, second)`` of 0/1 float tensors of ``like``'s
-    shape: the points of the lattice at one offset, each in ``first`` or ``second`` with
-    probability 1/2. Each pixel is in exactly one pattern over all the pairs.
+    >>> lattice_offsets((6, 6), (2, 2))[:4], len(lattice_offsets((6, 6), (2, 2))), len(lattice_offsets((3, 3)))
+    ([(0, 0), (0, 2), (0, 4), (2, 0)], 9, 9)
+    """
+    grid = tuple(grid) if grid is not None else (1,) * len(spacing)
+    if len(grid) != len(spacing) or any(step < 1 or size < 1 or size % step for size, step in zip(spacing, grid)):
+        raise ValueError(f"the lattice spacing {tuple(spacing)} must be positive multiples of the grid {grid}, one per spatial axis")
+    return list(itertools.product(*(range(0, size, step) for size, step in zip(spacing, grid))))
+
+
+def probes_per_pixel(spacing: Sequence[int]) -> float:
+    """Photons one half-lattice of :func:`probe_halves` adds per pixel: ``1 / (2 prod(spacing))``."""
+    return 1.0 / (2 * math.prod(spacing))
+
+
+def probe_halves(
+    like: torch.Tensor, spacing: Sequence[int], generator: torch.Generator | None = None, grid: Sequence[int] | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Complementary probe patterns covering every pixel of a grid once: for each offset of a lattice, its points split at random in two.
+
+    ``like`` is ``(1, C, Y, X)`` (or ``(1, C, D, Y, X)``); ``spacing`` the lattice spacing per
+    spatial axis; ``grid`` the pixels read per axis (default every pixel; each spacing a multiple
+    of it). Yields one pair ``(first, second)`` of 0/1 float tensors of ``like``'s shape per offset
+    of :func:`lattice_offsets`: the points of the lattice at that offset, each in ``first`` or
+    ``second`` with probability 1/2. Each pixel of the grid is in exactly one pattern over all the
+    pairs, and no other pixel is in any.
 
     >>> pairs = list(probe_halves(torch.zeros(1, 1, 6, 6), (3, 3), torch.Generator().manual_seed(0)))
     >>> len(pairs), float(sum(a + b for a, b in pairs).min()), float(sum(a + b for a, b in pairs).max())
     (9, 1.0, 1.0)
+    >>> covered = sum(a + b for a, b in probe_halves(torch.zeros(1, 1, 12, 12), (6, 6), grid=(2, 2)))
+    >>> float(covered.sum()), bool((covered == read_grid(covered, (2, 2))).all())
+    (36.0, True)
     """
     spatial = like.dim() - 2
-    if len(steps) != spatial or any(step < 1 for step in steps):
-        raise ValueError(f"steps must give one positive spacing per spatial axis ({spatial}), got {tuple(steps)}")
-    for offset in itertools.product(*(range(step) for step in steps)):
+    if len(spacing) != spatial:
+        raise ValueError(f"the lattice needs one spacing per spatial axis ({spatial}), got {tuple(spacing)}")
+    for offset in lattice_offsets(spacing, grid):
         lattice = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-        lattice[(..., *(slice(start, None, step) for start, step in zip(offset, steps)))] = 1
+        lattice[(..., *(slice(start, None, step) for start, step in zip(offset, spacing)))] = 1
         half = (torch.rand(like.shape, generator=generator, device=like.device) < 0.5).to(like.dtype)
         yield lattice * half, lattice * (1 - half)
+
+
+def read_grid(like: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """1 at the pixels :func:`probe_halves` reads with this ``grid`` (every ``grid[k]``-th along each spatial axis), 0 elsewhere; ``like``'s shape, float64."""
+    mask = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+    mask[(..., *(slice(None, None, step) for step in grid))] = 1
+    return mask
 
 
 def self_response(with_first: torch.Tensor, with_second: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -66,32 +117,43 @@ def self_response(with_first: torch.Tensor, with_second: torch.Tensor, first: to
     return (with_first.double() - with_second.double()) * (first.double() - second.double())
 
 
-ROBBINS_WINDOW = 3
-"""Side of the box the self-responses are averaged over before :func:`robbins_gain_map` inverts them.
+ROBBINS_WINDOW = 5
+"""Side of the box (in pixels, each plane of a volume) the grid's readings are averaged over before :func:`robbins_gain_map` inverts them.
 
-The noise of one halving's reading, from the measured spread of one photon through the networks
-at 0.1 photons/px, is 35-80% of the self-response (more where the network pools widely); 13-18% of the pixels of the demo data and 31% of the
-time-lapse's read zero or less, which would give them no spread at all (they held the truth
-23-58% of the time); averaged over 3 x 3 px the time-lapse frames' samples covered 80% instead of 71%.
+One reading is noisy (its neighbours' responses with random signs): from 3 px lattices read at
+every pixel, 13-18% of the pixels of the demo data and 31% of the time-lapse's read zero or
+less at 0.1 photons/px, which would give them no spread at all (they held the truth 23-58% of
+the time). On the 2 px grid a 5 x 5 box holds four to nine readings; a 3 x 3 box would hold one
+to four (a quarter of the pixels only their own), and its noise made the map too sharp: the
+samples of a 2D model on crops of the held-out time-lapse at 0.1 photons/px covered 73.8%
+with it and 77.3% with 5 x 5 (82.6% and 84.0% on the demo data; benchmarks/bench_3d.py
+sampling, benchmarks/bench_sampling.py).
 """
 
 
-def robbins_gain_map(response: torch.Tensor, window: int = ROBBINS_WINDOW) -> torch.Tensor:
-    """The local gain ``g_i = 1 / d_i`` from each pixel's self-response ``d`` (:func:`self_response` over all pairs).
+def robbins_gain_map(response: torch.Tensor, window: int = ROBBINS_WINDOW, grid: Sequence[int] | None = None) -> torch.Tensor:
+    """The local gain ``g_i = 1 / d_i`` from the self-responses ``d`` read on a ``grid`` (:func:`self_response` over all pairs).
 
     For Poisson counts ``y`` and any prior, Robbins' identity gives each pixel's posterior
     variance from the posterior mean alone: ``Var[lambda_i | y] = mu_i(y) (mu_i(y + e_i) - mu_i(y))
     = mu_i d_i``, ``e_i`` one more photon at pixel ``i``. The Dirichlet sampler's prior has
     variance ``mu_i / g_i`` (:func:`dirichlet_predictive`), so ``g_i = 1 / d_i``: a pixel whose
     estimate one more photon moves by ``d`` counts its data as ``1 / d`` photons per photon
-    (a pixel-wise denoiser, ``d = 1``, is worth 1). The readings are averaged over a ``window``
-    box in each plane first (:data:`ROBBINS_WINDOW`, :func:`in_plane_mean`; each is unbiased, so
-    their mean is too) and floored at a thousandth of the image's mean, so that the map stays
-    finite. Only the shape is meant: the
-    network's error beyond its own belief is invisible to it, so the caller scales the map to a
-    gain measured on held-out photons.
+    (a pixel-wise denoiser, ``d = 1``, is worth 1). ``d`` at each pixel is the mean of the
+    readings of the ``grid`` (:func:`read_grid`; default every pixel) within a ``window`` box in
+    its plane (:data:`ROBBINS_WINDOW`, :func:`in_plane_mean`; each reading is unbiased, so their
+    mean is too), floored at a thousandth of the image's mean so that the map stays finite. Only
+    the shape is meant: the network's error beyond its own belief is invisible to it, so the
+    caller scales the map to a gain measured on held-out photons.
     """
-    response = in_plane_mean(response.double(), window) if window > 1 else response.double()
+    response = response.double()
+    if grid is not None and any(step > 1 for step in grid):
+        if (response.dim() == 5 and grid[0] != 1) or window < max(grid[-2:]):
+            raise ValueError(f"a {window} px box in each plane misses pixels of the grid {tuple(grid)}: read every plane, and a box at least as wide as the grid")
+        mask = read_grid(response, grid)
+        response = in_plane_mean(response * mask, window) / in_plane_mean(mask, window).clamp_min(torch.finfo(torch.float64).tiny)
+    elif window > 1:
+        response = in_plane_mean(response, window)
     axes = tuple(range(1, response.dim()))
     floor = 1e-3 * response.clamp_min(0).mean(dim=axes, keepdim=True).clamp_min(1e-12)
     return 1.0 / torch.maximum(response, floor)

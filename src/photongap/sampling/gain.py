@@ -18,7 +18,7 @@ import torch
 from photongap.errors import PhotongapError
 from photongap.physics import mmse_from_logits, split_counts
 from photongap.posterior import HeldOutError, gain_at_level, held_out_error, thin_to_level
-from photongap.robbins import probe_halves, robbins_gain_map, robbins_steps, self_response
+from photongap.robbins import lattice_offsets, probe_halves, probes_per_pixel, robbins_gain_map, robbins_lattice, self_response
 from photongap.runtime import LogitsFn
 
 GAIN_FRACTIONS = (0.5, 0.7)
@@ -109,16 +109,17 @@ def spread_gain(
     device: torch.device,
     at_least: bool = False,
 ) -> tuple[torch.Tensor, float]:
-    """The gain ``gain`` spread over the image as the network's own variance is: ``1 + 2 prod(steps)`` network calls (19 for an image, 37 for a volume).
+    """The gain ``gain`` spread over the image as the network's own variance is: :func:`spread_calls` network calls (19 for an image, 37 for a volume).
 
     ``y``: ``counts`` thinned to the trained top ``trained[1]`` where brighter (what the sampler
-    predicts from), then by as many photons as the probes add, so that the network is run inside
-    its trained range. The network is run on ``y``, and on ``y`` plus one photon at each point
-    of the two halves of every lattice of :func:`photongap.robbins.probe_halves` (spacing
-    :func:`photongap.robbins.robbins_steps`); :func:`photongap.robbins.self_response` reads
-    each pixel's own response from them and :func:`photongap.robbins.robbins_gain_map` turns it
-    into a map ``g_i``, scaled so that ``sum(mu / g_i) = sum(y) / gain``: the total posterior
-    variance stays the one measured on held-out photons (:func:`held_out_gain`). With
+    predicts from), then by as many photons as one call's probes add, so that the network is run
+    inside its trained range. The network is run on ``y``, and on ``y`` plus one photon at each
+    point of the two halves of every lattice of :func:`photongap.robbins.probe_halves` (spacing
+    and grid of read pixels: :func:`photongap.robbins.robbins_lattice`; a photon in 72 pixels per
+    call); :func:`photongap.robbins.self_response` reads the grid's pixels' own responses from
+    them and :func:`photongap.robbins.robbins_gain_map` turns them into a map ``g_i``, scaled so
+    that ``sum(mu / g_i) = sum(y) / gain``: the total posterior variance stays the one measured
+    on held-out photons (:func:`held_out_gain`). With
     ``at_least`` (the held-out photons could not resolve the network's error, so ``gain`` is only
     a lower bound) the network's own overall gain is used where it is higher: its belief, within
     what the data allow. Returns the map (``(1, 1, Y, X)``, a volume's ``(1, 1, D, Y, X)``) float64
@@ -129,20 +130,20 @@ def spread_gain(
     image = torch.from_numpy(counts).to(device)[None, None]
     if trained is not None:
         image = thin_to_level(image, 10 ** (trained[1] / 10), generator).thinned
-    steps = robbins_steps(image.dim() - 2)
+    spacing, grid = robbins_lattice(image.dim() - 2)
     level = float(image.double().mean())
     if not level > 0:
         raise PhotongapError("cannot map the posterior gain over an image without photons; pass gain=")
-    probes_per_pixel = 1 / (2 * math.prod(steps))
-    image = thin_to_level(image, level * level / (level + probes_per_pixel), generator).thinned
+    probes = probes_per_pixel(spacing)
+    image = thin_to_level(image, level * level / (level + probes), generator).thinned
     photons = float(image.double().sum())
     mean = mmse_from_logits(logits(image), torch.tensor([photons], dtype=torch.float64, device=device)).double()
     response = torch.zeros_like(mean)
-    for first, second in probe_halves(image, steps, generator):
+    for first, second in probe_halves(image, spacing, generator, grid):
         both = torch.cat([image + first, image + second])
         probed = mmse_from_logits(logits(both), both.double().flatten(1).sum(dim=1))
         response += self_response(probed[:1], probed[1:], first, second)
-    shape = robbins_gain_map(response)
+    shape = robbins_gain_map(response, grid=grid)
     own = photons / float((mean / shape).sum())
     used = max(gain, own) if at_least else gain
     return shape * (used / own), used
@@ -150,4 +151,4 @@ def spread_gain(
 
 def spread_calls(dims: int) -> int:
     """Network calls of :func:`spread_gain` for images of ``dims`` spatial axes."""
-    return 1 + 2 * math.prod(robbins_steps(dims))
+    return 1 + 2 * len(lattice_offsets(*robbins_lattice(dims)))
