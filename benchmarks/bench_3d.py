@@ -163,15 +163,24 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def similarity(args: argparse.Namespace) -> None:
-    """How much of a clean plane its neighbours hold: PSNR of each plane against the next, and against the mean of 3 and 5 around it."""
+    """How much of a clean plane its neighbours hold: PSNR of each plane against the next, against the mean of 3 and 5 around it, and against its two neighbours alone.
+
+    ``neighbours``: the mean of the planes above and below, the plane itself left out: what a
+    plane's neighbours alone say of it. ``pixel_neighbours``: the same within the plane, the mean
+    of its 4 neighbouring pixels (edges left out). A 3D model gains where the first is near the
+    second, as pooling photons across planes is then worth about as much as pooling within one.
+    """
     results = {}
     for name in args.data:
         clean = ground_truth(name)
         depth = len(clean)
+        within = (clean[:, :-2, 1:-1] + clean[:, 2:, 1:-1] + clean[:, 1:-1, :-2] + clean[:, 1:-1, 2:]) / 4
         results[name] = {
             "next": round(float(np.mean([psnr(clean[d], clean[d + 1]) for d in range(depth - 1)])), 2),
             **{f"mean_of_{2 * k + 1}": round(float(np.mean([psnr(clean[d], clean[d - k : d + k + 1].mean(axis=0)) for d in range(k, depth - k)])), 2)
                for k in (1, 2)},
+            "neighbours": round(float(np.mean([psnr(clean[d], (clean[d - 1] + clean[d + 1]) / 2) for d in range(1, depth - 1)])), 2),
+            "pixel_neighbours": round(float(np.mean([psnr(clean[d, 1:-1, 1:-1], within[d]) for d in range(depth)])), 2),
         }
     report("bench_3d_similarity", results)
 

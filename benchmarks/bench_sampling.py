@@ -320,9 +320,10 @@ def main_data(args: argparse.Namespace) -> None:
         options = dict(SAMPLERS[name])
         if options.get("gain") == "training":
             options["gain"] = training_gain(model, training_images(args.data, Path(args.hubble), args.level))
-        results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=7)}
+        results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=args.seed)}
         print(name, results["samplers"][name], flush=True)
-    report(f"sampling_{args.data}_{args.level:g}", results)
+    results["seed"] = args.seed
+    report(f"sampling_{args.data}_{args.level:g}" + (f"_seed{args.seed}" if args.seed != 7 else ""), results)
 
 
 def main() -> None:
@@ -336,6 +337,7 @@ def main() -> None:
     parser.add_argument("--level", type=float, default=1.0, help="photons per pixel of the noisy test images")
     parser.add_argument("--images", type=int, help="test images used (default 2 of the 8 demo ones; with --data 3, evenly spaced)")
     parser.add_argument("-n", type=int, default=16, help="samples per image")
+    parser.add_argument("--seed", type=int, default=7, help="with --data: the noise, samples and splits (other seeds: other Poisson draws of the same images)")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--target-psnr", type=float, default=20.0, help="stopping level in dB (the published loop's: 20)")
     args = parser.parse_args()
