@@ -147,13 +147,11 @@ def robbins_gain_map(response: torch.Tensor, window: int = ROBBINS_WINDOW, grid:
     caller scales the map to a gain measured on held-out photons.
     """
     response = response.double()
-    if grid is not None and any(step > 1 for step in grid):
-        if (response.dim() == 5 and grid[0] != 1) or window < max(grid[-2:]):
-            raise ValueError(f"a {window} px box in each plane misses pixels of the grid {tuple(grid)}: read every plane, and a box at least as wide as the grid")
-        mask = read_grid(response, grid)
-        response = in_plane_mean(response * mask, window) / in_plane_mean(mask, window).clamp_min(torch.finfo(torch.float64).tiny)
-    elif window > 1:
-        response = in_plane_mean(response, window)
+    grid = tuple(grid) if grid is not None else (1,) * (response.dim() - 2)
+    if grid[:-2].count(1) != len(grid) - 2 or window < max(grid[-2:]):
+        raise ValueError(f"a {window} px box in each plane misses pixels of the grid {grid}: read every plane, and a box at least as wide as the grid")
+    mask = read_grid(response, grid)
+    response = in_plane_mean(response * mask, window) / in_plane_mean(mask, window)
     axes = tuple(range(1, response.dim()))
     floor = 1e-3 * response.clamp_min(0).mean(dim=axes, keepdim=True).clamp_min(1e-12)
     return 1.0 / torch.maximum(response, floor)
