@@ -5,9 +5,9 @@ default-preset model trained 600 steps (``common.default_model``): the noisy cou
 the MMSE's error (root of its square averaged over 5 x 5 px), and the standard deviation of 16
 posterior samples with the gain map read from lattices 3 px apart at every pixel and averaged
 over 3 x 3 px (the earlier default) and from lattices 6 px apart on a 2 px grid averaged over
-5 x 5 px (the default, ``photongap.robbins``),
-the error and the two spreads on one logarithmic colour scale, each titled with the samples' coverage of the
-truth (central 80%).
+5 x 5 px (the default, ``photongap.robbins``). The error and the two spreads share one
+logarithmic colour scale; each spread is titled with its samples' coverage of the truth (central
+80%).
 
     .venv/bin/python benchmarks/figure_spread.py --data demo --level 0.1 --image 2 -o docs/spread.png
 """

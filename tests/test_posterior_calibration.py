@@ -264,8 +264,8 @@ def test_sparse_probes_read_a_dim_image_as_it_is_and_dense_ones_flatten_it(monke
     def contrast(response: np.ndarray) -> float:  # self-response on the disc over the background's
         return float(response[40:57, 40:57].mean() / response[np.ix_(range(5, 91), range(5, 25))].mean())
 
-    # The truth: one photon added at a time to the image as the network reads it (thinned to
-    # level**2 / (level + probes)), at the points of a 4 px grid in both regions.
+    # The truth: one photon added at a time to the image itself, at the points of a 4 px grid
+    # inside the disc and on the background left of it.
     image = torch.from_numpy(counts).double()[None, None]
     exact = np.full(counts.shape, np.nan)
     for y, x in [(y, x) for y in range(4, 92, 4) for x in range(4, 92, 4) if disc[y, x] and (y - 48) ** 2 + (x - 48) ** 2 < 8**2 or x < 25]:

@@ -148,7 +148,7 @@ def robbins_gain_map(response: torch.Tensor, window: int = ROBBINS_WINDOW, grid:
     """
     response = response.double()
     grid = tuple(grid) if grid is not None else (1,) * (response.dim() - 2)
-    if grid[:-2].count(1) != len(grid) - 2 or window < max(grid[-2:]):
+    if any(step != 1 for step in grid[:-2]) or window < max(grid[-2:]):
         raise ValueError(f"a {window} px box in each plane misses pixels of the grid {grid}: read every plane, and a box at least as wide as the grid")
     mask = read_grid(response, grid)
     response = in_plane_mean(response * mask, window) / in_plane_mean(mask, window)
