@@ -20,7 +20,9 @@ denoising it plane by plane, the 3D model as one volume.
 network, fp32 and bf16, one torch thread, median of a few repeats.
 
 ``similarity``: how alike neighbouring clean planes (frames) are: PSNR of each against the next
-and against the mean of the 3 and 5 around it (PSNR does not depend on the photon level).
+and against the mean of the 3 and 5 around it (PSNR does not depend on the photon level); and
+the best Gaussian filter of the noisy held-out volume at 0.1 and 1 photons/px, in-plane and 3D
+(:func:`linear_filters`).
 
 ``sampling``: posterior samples of the models ``quality`` left in bench-output/models (its last
 run's), n = 16 with default sampling, on two 192 x 192 px crops of the held-out volume, every
@@ -181,8 +183,30 @@ def similarity(args: argparse.Namespace) -> None:
                for k in (1, 2)},
             "neighbours": round(float(np.mean([psnr(clean[d], (clean[d - 1] + clean[d + 1]) / 2) for d in range(1, depth - 1)])), 2),
             "pixel_neighbours": round(float(np.mean([psnr(clean[d, 1:-1, 1:-1], within[d]) for d in range(depth)])), 2),
+            **{f"gaussian_{level:g}": linear_filters(name, level) for level in (0.1, 1.0)},
         }
     report("bench_3d_similarity", results)
+
+
+SIGMAS_YX = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+SIGMAS_D = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+"""Across planes: 0 is the in-plane filter, so the 3D best is never below the 2D best."""
+
+
+def linear_filters(name: str, level: float) -> dict:
+    """The best Gaussian filter of the noisy held-out volume at ``level``, within each plane and across planes too.
+
+    PSNR against the truth of the best ``sigma`` (Y X; and D) on a grid, chosen with the truth:
+    an upper bound for linear filters, no denoiser. What the third axis is worth to a linear
+    filter is an estimate of what it can be worth to a network (``bench_3d.py quality``).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    _, noisy, clean = split(name, level)
+    planes = max((round(psnr(clean, gaussian_filter(noisy, (0, s, s))), 2), s) for s in SIGMAS_YX)
+    volume = max((round(psnr(clean, gaussian_filter(noisy, (d, s, s))), 2), d, s) for s in SIGMAS_YX for d in SIGMAS_D)
+    return {"2d_psnr": planes[0], "2d_sigma": planes[1], "3d_psnr": volume[0], "3d_sigma_d": volume[1], "3d_sigma_yx": volume[2],
+            "3d_minus_2d": round(volume[0] - planes[0], 2)}
 
 
 N2V_PATCHES = {"nuclei": ([16, 32, 32], 4), "timelapse": ([8, 32, 32], 8)}
