@@ -25,6 +25,15 @@ images of the 2D sets:
 
     .venv/bin/python benchmarks/bench_assess.py --sets nuclei timelapse --levels 1 0.1 --draws 3 \
         --raw bench-output/assess_raw_3d.json
+
+``--redraw IMAGE --draws N`` grades one 2D test image of each ``--sets`` and ``--levels`` in N
+independent Poisson draws (noise seeds 10,000 + k) with the default estimator: the mean relative
+error (a bias), its spread, the share of draws within 1.5 dB, and the correlation of the error with
+the draw's own photon power, ``(sum(x**2 - x) - sum(lambda**2)) / N_px`` (zero on average; an
+unbiased estimate cannot tell it from the image's signal):
+
+    .venv/bin/python benchmarks/bench_assess.py --sets demo --levels 0.1 --redraw 5 --draws 100
+
 Prints, per set, level and estimator: mean error (dB), mean and worst |error|, the RMS of
 ``(estimate - truth) / mse_std`` (1 when ``mse_std`` is honest) and the error of the same
 extrapolation applied to the TRUE per-split errors (its model error, free of photon noise).
@@ -41,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import OUTPUT, default_model, ground_truth
+from common import OUTPUT, default_model, ground_truth, report
 from photongap.model import GapModel
 from photongap.assessment import (DEFAULT_REPEATS, SplitSums, assess_counts, extrapolation_weights,
                                   full_exposure_estimates, photon_noise_floor)
@@ -138,6 +147,35 @@ def analyse(rows: list[dict]) -> None:
                       f"model error {np.mean(model):+.2f} dB  per image " + " ".join(f"{e:+.2f}" for e in errors))
 
 
+def redraw(args: argparse.Namespace) -> None:
+    """``--redraw``: one test image graded in ``--draws`` Poisson draws; the mean error (bias) and how much of its spread is the image's photon power."""
+    torch.set_num_threads(1)
+    results = {}
+    for name in args.sets:
+        for level in args.levels:
+            model = test_model(name, level, Path(args.models))
+            clean = clean_at_level(ground_truth(name)[1][args.redraw], level).astype(np.float64)
+            rows = []
+            for draw in range(args.draws):
+                counts = np.random.default_rng(10_000 + draw).poisson(clean).astype(np.float32)
+                denoised = model.denoise(counts, device="cpu")
+                true = float(np.mean((clean - denoised) ** 2))
+                result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, seed=draw, denoised=denoised)
+                power = float(np.sum(counts.astype(np.float64) ** 2 - counts) - np.sum(clean**2)) / clean.size
+                rows.append((result.mse / true - 1, power / true, result.mse_std / true))
+            error, power, std = np.array(rows).T
+            rest = error - power
+            summary = lambda values: {"mean": round(float(values.mean()), 3), "se": round(float(values.std(ddof=1) / math.sqrt(len(values))), 3),  # noqa: E731
+                                      "sd": round(float(values.std(ddof=1)), 3)}
+            results[f"{name}_{level:g}_image{args.redraw}"] = {
+                "draws": args.draws, "relative_error": summary(error), "photon_power": summary(power), "rest": summary(rest),
+                "correlation": round(float(np.corrcoef(error, power)[0, 1]), 3), "mse_std_over_mse": round(float(std.mean()), 3),
+                "within_1.5_db": round(float(np.mean(np.abs(10 * np.log10(np.maximum(1 + error, 1e-12))) <= 1.5)), 3),
+            }
+            print(name, level, results[f"{name}_{level:g}_image{args.redraw}"], flush=True)
+    report(f"assess_redraw_image{args.redraw}", results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=str(OUTPUT / "models"), help="where the default-preset models are cached (trained 600 steps if missing)")
@@ -149,7 +187,10 @@ def main() -> None:
     parser.add_argument("--first-draw", type=int, default=0, help="3D sets: the first draw (to add draws to an earlier run's)")
     parser.add_argument("--raw", default=str(OUTPUT / "assess_raw.json"), help="the splits' sums (written, or read with --analyse-only)")
     parser.add_argument("--analyse-only", nargs="*", help="evaluate saved --raw files instead of measuring")
+    parser.add_argument("--redraw", type=int, help="grade this 2D test image in --draws Poisson draws instead (see above)")
     args = parser.parse_args()
+    if args.redraw is not None:
+        return redraw(args)
     if args.analyse_only is not None:
         rows = [row for path in (args.analyse_only or [args.raw]) for row in json.loads(Path(path).read_text())]
     else:
