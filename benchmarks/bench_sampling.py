@@ -42,7 +42,10 @@ There the check runs as ``photongap sample --check`` does (``CHECK_SPLITS`` spli
 image), image by image and pooled over all the images (``gt_free_check_pooled``), each beside
 the ground-truth coverage of its samples; the pooled check also bin by bin (``..._per_bin``, as
 ``photongap sample --check-plot`` draws it) beside the truth's coverage and error-to-spread
-ratio in the same bins.
+ratio in the same bins. Also the truth's coverage and mean rank within brightness classes of
+the MMSE (``rank_coverage_by_brightness``, ``mean_rank_by_brightness``: the darkest half of the
+pixels, the next 40%, 9% and the brightest 1%), and each image's pooled check sums
+(``gt_free_check_binned_per_image``, to read the check other ways offline).
 
 (``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
 
@@ -251,10 +254,31 @@ def truth_in_bins(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generat
     return sums
 
 
+BRIGHTNESS_CLASSES = (0.5, 0.9, 0.99)
+"""Quantiles of each image's MMSE that cut its pixels into brightness classes (the darkest half, ..., the brightest 1%)."""
+
+
+def truth_by_brightness(samples: np.ndarray, truth: np.ndarray, mmse: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(classes, 3)`` sums per brightness class of the MMSE: pixels, truth inside the samples' central 80%, and the truth's rank ``u - 1/2``.
+
+    The rank ``u`` of :func:`ranks_inside_80` is uniform for calibrated samples in every class (the
+    classes are cut by a function of the data): a mean above 0 says the truth lies above the
+    samples there, below 0 under them.
+    """
+    n = samples.shape[0]
+    below = (samples < truth[None]).sum(axis=0)
+    ties = (samples == truth[None]).sum(axis=0)
+    u = (below + rng.random(truth.shape) * (ties + 1)) / (n + 1)
+    classes = np.digitize(mmse, np.quantile(mmse, BRIGHTNESS_CLASSES))
+    return np.array([[np.sum(classes == k), np.sum((u >= 0.1) & (u <= 0.9) & (classes == k)), np.sum((u - 0.5)[classes == k])]
+                     for k in range(len(BRIGHTNESS_CLASSES) + 1)], dtype=np.float64)
+
+
 def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
-    checks, truth_bins, bin_rng = [], np.zeros((CHECK_BINS, 4)), np.random.default_rng(seed + 1)
+    checks, truth_bins, bin_rng, binned = [], np.zeros((CHECK_BINS, 4)), np.random.default_rng(seed + 1), []
+    brightness = np.zeros((len(BRIGHTNESS_CLASSES) + 1, 3))
     rows: dict[str, list[float]] = {key: [] for key in ("mmse", "single", "mean", "mean_minus_mmse", "rank_coverage", "percentile_coverage", "gt_free_check", "gt_free_check_se", "gt_rank_coverage_of_check", "calls", "thinned_calls", "gain_calls", "gain", "seconds_per_sample")}
     for index, image in enumerate(clean_images):
         clean = clean_at_level(image, level)
@@ -270,6 +294,7 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         rows["mean_minus_mmse"].append(rows["mean"][-1] - rows["mmse"][-1])
         rows["rank_coverage"].append(rank_coverage_80(samples, clean, rng))
         rows["percentile_coverage"].append(percentile_coverage_80(samples, clean))
+        brightness += truth_by_brightness(samples, clean, mmse, np.random.default_rng(seed + 2 + index))
         rows["calls"].append(posterior.network_calls)
         rows["thinned_calls"].append(posterior.thinned_calls)
         rows["gain_calls"].append(posterior.gain_calls)
@@ -286,6 +311,7 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
             truth_bins += truth_in_bins(check_samples, clean * CHECK_FRACTION, bin_rng)
         check = pool_checks(split_checks)
         checks.append(check)
+        binned.append({key: np.asarray(value).tolist() for key, value in vars(check.binned).items()})
         rows["gt_free_check"].append(check.implied_coverage)
         rows["gt_free_check_se"].append(check.standard_error)
         rows["gt_rank_coverage_of_check"].append(statistics.fmean(truth_coverage))
@@ -304,6 +330,10 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
     summary["gt_free_check_se_per_image"] = [f"{value:.3f}" for value in rows["gt_free_check_se"]]
     summary["gt_rank_coverage_of_check_per_image"] = [f"{value:.3f}" for value in rows["gt_rank_coverage_of_check"]]
     summary["rank_coverage_per_image"] = [f"{value:.3f}" for value in rows["rank_coverage"]]
+    # Calibration within brightness classes of the MMSE (darkest half, next 40%, next 9%, brightest 1%).
+    summary["rank_coverage_by_brightness"] = [f"{value:.3f}" for value in brightness[:, 1] / brightness[:, 0]]
+    summary["mean_rank_by_brightness"] = [f"{value:+.3f}" for value in brightness[:, 2] / brightness[:, 0]]
+    summary["gt_free_check_binned_per_image"] = binned  # each image's pooled BinnedErrors: other readings of the check, offline
     summary["gain_min"] = round(min(rows["gain"]), 3) if not math.isnan(rows["gain"][0]) else math.nan
     return summary
 

@@ -278,3 +278,33 @@ def test_the_benchmarks_truth_per_bin_is_flat_on_exact_samples(monkeypatch):
     coverage, ratio = sums[:, 2] / sums[:, 3], sums[:, 0] / sums[:, 1]
     assert np.all(np.abs(coverage - 0.8) < 0.03), coverage
     assert np.all(np.abs(ratio - 1.0) < 0.15), ratio
+
+
+def test_the_benchmarks_brightness_classes_are_flat_on_exact_samples_and_see_overshoot(monkeypatch):
+    """``bench_sampling.truth_by_brightness`` cuts the pixels by the MMSE, a function of the data, so
+    exact posterior samples read 80% and a centred rank in every class; cut by the truth they
+    would not (the brightest truths lie above their samples). Samples 20% too bright read the
+    truth below them in the bright classes."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "common", raising=False)
+    from bench_sampling import truth_by_brightness
+
+    rng, generator = np.random.default_rng(0), np.random.default_rng(1)
+    shape, k, beta = (128, 128), 2.0, 0.5
+    exact, bright, by_truth = np.zeros((4, 3)), np.zeros((4, 3)), np.zeros((4, 3))
+    for _ in range(4):
+        clean = generator.gamma(k, 1 / beta, size=shape)
+        counts = generator.poisson(clean)
+        mmse = (k + counts) / (beta + 1)
+        samples = generator.gamma(k + counts, 1 / (beta + 1), size=(16, *shape))
+        exact += truth_by_brightness(samples, clean, mmse, rng)
+        bright += truth_by_brightness(1.2 * samples, clean, 1.2 * mmse, rng)
+        by_truth += truth_by_brightness(samples, clean, clean, rng)
+    coverage, rank = exact[:, 1] / exact[:, 0], exact[:, 2] / exact[:, 0]
+    assert np.all(np.abs(coverage - 0.8) < 0.03), coverage
+    assert np.all(np.abs(rank) < 0.03), rank
+    assert np.all((bright[1:, 2] / bright[1:, 0]) < -0.05), bright[:, 2] / bright[:, 0]
+    assert by_truth[-1, 2] / by_truth[-1, 0] > 0.1, by_truth[:, 2] / by_truth[:, 0]
