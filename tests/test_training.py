@@ -619,3 +619,17 @@ def test_the_saved_model_records_its_trained_range_and_preset(tmp_path, tiny_con
     assert info["trained_range"] == pytest.approx(trained_range(info["data"], quick_config()))
     assert info["trained_range"] == pytest.approx([min(levels) - 3.0, max(levels) - 0.2])
     assert info["preset"] == "custom"
+
+
+@pytest.mark.parametrize("overrides, model, message", [
+    ({"patch_size": 57}, {}, "a patch size of 57 is not a multiple of 8, which this network's poolings need; use 56 or 64"),
+    ({"patch_size": 16, "patch_depth": 9}, {"dims": 3}, "a patch depth of 9 is not a multiple of 2"),
+])
+def test_a_patch_the_poolings_cannot_halve_is_refused_before_anything_is_written(tmp_path, overrides, model, message):
+    from photongap.errors import PhotongapError
+    from photongap.training import train
+
+    images = [np.ones((12, 64, 64) if model else (64, 64), np.float32)]
+    with pytest.raises(PhotongapError, match=message.replace("(", "\\(")):
+        train(images, tmp_path / "run", overrides={**overrides, "steps": 1}, model_overrides=model, progress=False, device="cpu")
+    assert not (tmp_path / "run").exists()

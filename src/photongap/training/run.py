@@ -206,6 +206,17 @@ def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.
     return model, dataclasses.replace(training, patch_depth=depth)
 
 
+def check_patch(model: ModelConfig, training: TrainConfig) -> None:
+    """Refuse, in one line, a patch side the network's poolings cannot halve evenly (it would fail in the first step)."""
+    sides = ((training.patch_depth, "depth"),) if model.dims == 3 else ()
+    sides += ((training.patch_size, "size"), (training.patch_size, "size"))
+    for (side, what), multiple in zip(sides, model.size_multiples):
+        if side % multiple:
+            lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
+            nearest = " or ".join(str(value) for value in (lower, upper) if value > 0)
+            raise PhotongapError(f"a patch {what} of {side} is not a multiple of {multiple}, which this network's poolings need; use {nearest}")
+
+
 def train(
     images: Sequence[np.ndarray],
     run_dir: str | Path,
@@ -283,6 +294,7 @@ def train(
     run = run_config(run_dir, resume=resume, preset_name=preset, config_file=config_file, model_config=model_config,
                      train_config=train_config, overrides=overrides, model_overrides=model_overrides)
     model_config, train_config = settle_depth(run.model, run.training, images)
+    check_patch(model_config, train_config)
 
     accelerator = resolve_device(device).type
     bf16 = use_bf16(train_config.precision, accelerator)
