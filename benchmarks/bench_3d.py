@@ -16,6 +16,11 @@ the weights (their moving average) are also kept at ``--snapshot`` minutes and e
 training. PSNR is over the whole held-out volume against its ground truth, the 2D model
 denoising it plane by plane, the 3D model as one volume.
 
+``thin``: 3D models trained ``--minutes`` on patches of ``--depths`` planes (batches of 4, the
+Y X side a multiple of 8 making about 65,536 voxels a step), two at a time, one thread each; the held-out volume
+denoised whole and in overlapping windows of the patch depth (:mod:`photongap.depth_windows`),
+and as photongap denoises it with that model.
+
 ``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
 network, fp32 and bf16, one torch thread, median of a few repeats.
 
@@ -39,12 +44,14 @@ same minutes on the same volumes, one thread, in the peers' environment (``make 
     .venv/bin/python benchmarks/bench_3d.py sampling --data timelapse --level 0.1
     .venv/bin/python benchmarks/bench_3d.py similarity
     .venv/bin/python benchmarks/bench_3d.py throughput
+    .venv/bin/python benchmarks/bench_3d.py thin --data timelapse --level 0.1 --depths 4 5 6 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -307,6 +314,43 @@ def throughput(args: argparse.Namespace) -> None:
     report("bench_3d_throughput", results)
 
 
+def thin_worker(name: str, level: float, depth: int, minutes: float) -> dict:
+    """A 3D model trained ``minutes`` on ``depth``-plane patches: the held-out volume denoised whole and in windows of ``depth`` planes."""
+    from photongap.depth_windows import depth_windows
+
+    torch.set_num_threads(1)
+    train_volume, test_volume, clean = split(name, level)
+    model_config, train_config = preset("default")
+    side = max(8, round(math.sqrt(VOXELS_PER_STEP / 4 / depth) / 8) * 8)  # batches of 4; sides the poolings halve
+    train_config = override(train_config, steps=1_000_000, time_limit_minutes=minutes, val_fraction=0.0, patch_depth=depth, patch_size=side, batch_size=4)
+    run_dir = OUTPUT / "models" / f"3d_thin_{name}_{level:g}_{depth}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    result = train([train_volume], run_dir, model_config=override(model_config, dims=3), train_config=train_config, progress=False, assess=False)
+    model = GapModel.load(result.model_path)
+    bare = GapModel(model.network, model.config)  # no recorded patch depth: always the whole volume
+    whole = bare.denoise(test_volume, precision="fp32")
+    windows = np.concatenate([bare.denoise(test_volume[start : start + depth], precision="fp32")[kept.start - start : kept.stop - start]
+                              for start, kept in depth_windows(len(test_volume), depth)])
+    library = model.denoise(test_volume, precision="fp32")  # what photongap does with this model
+    return {"patch_depth": depth, "patch_side": side, "steps": result.steps, "depth_pools": model.config.depth_pools,
+            "whole_psnr": round(psnr(clean, whole), 2), "windows_psnr": round(psnr(clean, windows), 2), "photongap_psnr": round(psnr(clean, library), 2)}
+
+
+def thin(args: argparse.Namespace) -> None:
+    """3D models on thin patches, two trained at a time (one thread each): the held-out volume whole and in windows of the patch depth."""
+    results = {}
+    for pair in (args.depths[i : i + 2] for i in range(0, len(args.depths), 2)):
+        processes = [subprocess.Popen([sys.executable, __file__, "thin-worker", args.data, str(args.level), str(depth), str(args.minutes)],
+                                      stdout=subprocess.PIPE, text=True) for depth in pair]
+        for depth, process in zip(pair, processes):
+            output = process.communicate()[0]
+            if process.returncode:
+                sys.exit(f"the {depth}-plane worker failed")
+            results[f"depth_{depth}"] = json.loads(output.strip().splitlines()[-1])
+            print(json.dumps(results[f"depth_{depth}"]), flush=True)
+    report(f"bench_3d_thin_{args.data}_{args.level:g}", results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +368,14 @@ def main() -> None:
     posterior.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
     alike = commands.add_parser("similarity")
     alike.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
+    thin_models = commands.add_parser("thin")
+    thin_models.add_argument("--data", default="timelapse", choices=list(DATA))
+    thin_models.add_argument("--level", type=float, default=0.1)
+    thin_models.add_argument("--depths", nargs="+", type=int, default=[4, 5, 6, 8], help="no deeper than the held-out volume (10 frames of the time-lapse)")
+    thin_models.add_argument("--minutes", type=float, default=4.0)
+    thin_worker_parser = commands.add_parser("thin-worker")
+    for field, kind in (("name", str), ("level", float), ("depth", int), ("minutes", float)):
+        thin_worker_parser.add_argument(field, type=kind)
     speed = commands.add_parser("throughput")
     speed.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -337,6 +389,10 @@ def main() -> None:
         sampling(args)
     elif args.command == "similarity":
         similarity(args)
+    elif args.command == "thin":
+        thin(args)
+    elif args.command == "thin-worker":
+        print(json.dumps(thin_worker(args.name, args.level, args.depth, args.minutes)), flush=True)
     else:
         throughput(args)
 

@@ -309,3 +309,52 @@ def test_a_3d_model_samples_and_generates_volumes_and_films_their_projection():
         model.generate(1, (8, 8))
     with pytest.raises(PhotongapError, match="one \\(D, Y, X\\) volume"):
         model.sample(counts[0], 2)
+
+
+# -- thin-patch models on deeper volumes (photongap.depth_windows) ------------------------------
+
+
+@pytest.mark.parametrize("depth, window", [(10, 4), (9, 4), (5, 4), (7, 5), (13, 6), (8, 7), (3, 1)])
+def test_depth_windows_keep_every_plane_once_from_a_window_it_lies_inside(depth, window):
+    from photongap.depth_windows import depth_windows
+
+    windows = depth_windows(depth, window)
+    kept = [plane for _, planes in windows for plane in range(planes.start, planes.stop)]
+    assert kept == list(range(depth))
+    for start, planes in windows:
+        assert 0 <= start and start + window <= depth and start <= planes.start < planes.stop <= start + window
+    if window < 3:
+        return
+    # Away from the ends a plane is never kept from a window's edge plane, where the padding begins.
+    assert all(planes.start > start or start == 0 for start, planes in windows)
+    assert all(planes.stop < start + window or start + window == depth for start, planes in windows)
+
+
+def test_a_thin_patch_model_denoises_a_deeper_volume_window_by_window_and_a_deep_one_whole():
+    from photongap.depth_windows import depth_windows
+
+    torch.manual_seed(0)
+    network = GapUNet(TINY_3D)
+    counts = torch.poisson(torch.full((10, 16, 16), 1.0), generator=seeded(2)).numpy()
+    thin = GapModel(network, TINY_3D, {"training": {"patch_depth": 4}})
+    ticks = []
+    result = thin.denoise(counts, progress=ticks.append)
+    assert thin.patch_depth == 4 and sum(ticks) == thin.tiles_per_plane(counts.shape) == 4
+    expected = []
+    for start, planes in depth_windows(10, 4):
+        kept = thin.denoise(counts[start : start + 4])[planes.start - start : planes.stop - start]
+        expected.append(kept * counts[planes].sum() / kept.sum())  # the kept planes hold their own photons
+    np.testing.assert_allclose(result, np.concatenate(expected), rtol=1e-5)
+    np.testing.assert_allclose(result.sum(), counts.sum(), rtol=1e-5)
+    deep = GapModel(network, TINY_3D, {"training": {"patch_depth": 8}})
+    whole = deep.denoise(counts)
+    assert not np.allclose(whole, result, rtol=1e-3)  # the windows differ from the whole volume
+    np.testing.assert_allclose(whole.sum(), counts.sum(), rtol=1e-4)  # one softmax over the whole volume
+    np.testing.assert_allclose(GapModel(network, TINY_3D).denoise(counts), whole, rtol=1e-6)  # depth not recorded: whole
+    with pytest.warns(UserWarning, match="4-plane patches"):
+        thin.sample(counts, 2, gain=2.0, seed=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        thin.sample(counts[:4], 2, gain=2.0, seed=0)  # no deeper than its patches: no warning
