@@ -98,3 +98,17 @@ def default_model(name: str, photons_per_pixel: float, models: Path = OUTPUT / "
         shutil.rmtree(run, ignore_errors=True)
         train(noisy, run, overrides={"steps": steps}, progress=False)
     return GapModel.load(run / "model.pt")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train (once) and cache the default-preset model of a data set at a level: default_model.")
+    parser.add_argument("data", choices=["demo", "hubble"])
+    parser.add_argument("level", type=float, help="photons per pixel")
+    parser.add_argument("--steps", type=int, default=600, help="600: the posterior and assessment benchmarks' models; 1000: the default training")
+    parser.add_argument("--models", default=str(OUTPUT / "models"), help="cache folder; the model lands in MODELS/DATA_LEVEL_default/model.pt")
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    default_model(arguments.data, arguments.level, Path(arguments.models), arguments.steps)
+    print(Path(arguments.models) / f"{arguments.data}_{arguments.level:g}_default" / "model.pt")
