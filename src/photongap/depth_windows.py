@@ -17,6 +17,7 @@ window it is most central in, the planes kept from a window scaled to their own 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,19 @@ def depth_windows(depth: int, window: int) -> list[tuple[int, slice]]:
     return [(start, slice(low, high)) for start, low, high in zip(starts, bounds, bounds[1:])]
 
 
+def window_shapes(shape: tuple[int, ...], patch_depth: int | None) -> list[tuple[int, ...]]:
+    """The shapes :meth:`photongap.model.GapModel.denoise` runs its network on for one image of ``shape``: the image, or each window of a thin model's volume."""
+    window = depth_window(patch_depth, shape[0]) if len(shape) == 3 else None
+    return [shape] if window is None else [(window, *shape[1:])] * len(depth_windows(shape[0], window))
+
+
+def denoise_in_windows(denoise: Callable[[Any], np.ndarray], volume: Any, window: int, out: Any, index: tuple[int, ...] = ()) -> None:
+    """Write ``denoise`` of a ``(D, Y, X)`` ``volume`` into ``out[index]``, window by window (:func:`depth_windows`), each window's kept planes scaled to their photons."""
+    for start, kept in depth_windows(volume.shape[0], window):
+        result = denoise(volume[start : start + window])[kept.start - start : kept.stop - start]
+        out[(*index, kept)] = scaled_to_photons(result, volume[kept])
+
+
 def scaled_to_photons(denoised: np.ndarray, counts: Any) -> np.ndarray:
     """``denoised`` (float32) scaled so that its sum is that of ``counts`` (array-like, read once); zeros stay zeros."""
     total = float(np.sum(denoised, dtype=np.float64))
@@ -55,9 +69,10 @@ def scaled_to_photons(denoised: np.ndarray, counts: Any) -> np.ndarray:
     return (denoised * (photons / total if total > 0 else 0.0)).astype(np.float32)
 
 
-def warn_thin(patch_depth: int | None, depth: int, what: str) -> None:
-    """Warn that ``what`` runs a thin-patch model on a volume deeper than its patches, whole (sampling and generation cannot be windowed)."""
-    if depth_window(patch_depth, depth) is not None:
+def warn_thin(patch_depth: int | None, shape: tuple[int, ...], what: str) -> None:
+    """Warn that ``what`` runs a thin-patch model on a ``(D, Y, X)`` volume deeper than its patches, whole (sampling and generation cannot be windowed); a 2D ``shape`` never warns."""
+    depth = shape[0]
+    if len(shape) == 3 and depth_window(patch_depth, depth) is not None:
         warnings.warn(
             f"{what}: this 3D model was trained on {patch_depth}-plane patches and sees all {depth} planes at once here; "
             f"the planes in the middle are outside what it learnt (denoising runs it in {patch_depth}-plane windows instead). "

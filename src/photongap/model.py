@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, ModelConfig, Precision
-from photongap.depth_windows import depth_window, depth_windows, scaled_to_photons, warn_thin
+from photongap.depth_windows import denoise_in_windows, depth_window, warn_thin, window_shapes
 from photongap.errors import PhotongapError
 from photongap.modelfile import FORMAT_VERSION, load_model, save_model, trained_range_from_info
 from photongap.network import receptive_radii, receptive_radius
@@ -151,11 +151,8 @@ class GapModel:
             that is enlarged.
         tile_depth : int or None
             3D only: windows of this many planes along ``D`` (enlarged to four margins of
-            context like ``tile``; None: the whole depth in each window). A model trained on
-            patches thinner than :data:`~photongap.depth_windows.THIN_PATCH_DEPTH` planes denoises a
-            deeper volume in overlapping windows of its patch depth, each with its own softmax,
-            the planes kept from each scaled to their photons (:mod:`photongap.depth_windows`:
-            whole, its middle planes are outside what it learnt).
+            context like ``tile``; None: the whole depth in each window). A model trained on patches
+            under 8 planes runs deeper volumes in windows of its patch depth (:mod:`photongap.depth_windows`).
         batch_size : int, optional
             Tiles per network call (default: 1 on a CPU, 4 on a GPU).
         out : array-like, optional
@@ -181,10 +178,8 @@ class GapModel:
         window = depth_window(self.patch_depth, shape[-3]) if spatial == 3 else None
         for index in np.ndindex(*shape[:-spatial]):
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
-            if window is not None:  # a thin-patch model: windows of its patch depth (photongap.depth_windows)
-                for start, kept in depth_windows(shape[-3], window):
-                    result = denoise_plane(network, plane[start : start + window], **options)[kept.start - start : kept.stop - start]
-                    out[(*index, kept)] = scaled_to_photons(result, plane[kept])
+            if window is not None:  # a thin-patch model: windows of its patch depth
+                denoise_in_windows(lambda volume: denoise_plane(network, volume, **options), plane, window, out, index)
                 continue
             target = out[index] if isinstance(out, np.ndarray) else None
             result = denoise_plane(network, plane, out=target, **options)
@@ -315,8 +310,7 @@ class GapModel:
         self.check_shape(counts.shape)
         if n < 1:
             raise PhotongapError("the number of samples must be at least 1")
-        if self.config.dims == 3:
-            warn_thin(self.patch_depth, counts.shape[0], "sample")
+        warn_thin(self.patch_depth, counts.shape, "sample")
         total = float(counts.sum(dtype=np.float64))
         start_db = 10 * math.log10(max(total, 1.0) / counts.size)
         device = resolve_device(device)
@@ -380,8 +374,7 @@ class GapModel:
         if n < 1 or len(shape) != self.config.dims or min(shape) < 1:
             raise PhotongapError(f"generate needs n >= 1 and a {self.config.dims}D size (the model's), got n={n}, size={tuple(shape)}")
         warn_outside_trained(self.trained_range(), 10 * math.log10(1.0 / math.prod(shape)), target_psnr, GENERATION_TOLERANCE_DB, "generation")
-        if self.config.dims == 3:
-            warn_thin(self.patch_depth, shape[0], "generate")
+        warn_thin(self.patch_depth, tuple(shape), "generate")
         device = resolve_device(device)
         result = generate(
             self._sampling_logits_fn(device, precision, batch_size, tile, tuple(shape)),
@@ -398,11 +391,8 @@ class GapModel:
     def tiles_per_plane(self, shape: tuple[int, ...], tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                         tile_depth: int | None = DEFAULT_TILE_DEPTH) -> int:
         """How many tiles :meth:`denoise` cuts a plane (a ``(D, Y, X)`` volume for a 3D model) into (for progress bars)."""
-        shape = tuple(shape)
-        window = depth_window(self.patch_depth, shape[0]) if len(shape) == 3 else None
-        parts = [shape] if window is None else [(window, *shape[1:])] * len(depth_windows(shape[0], window))
         return sum(len(plan_tiles(part, window_tile(self.config.dims, tile, tile_depth, part[0] if len(part) == 3 else 0), overlap, self.config.size_multiples, self.contexts))
-                   for part in parts)
+                   for part in window_shapes(tuple(shape), self.patch_depth))
 
 
 def load(path: str | Path) -> GapModel:
