@@ -17,9 +17,9 @@ training. PSNR is over the whole held-out volume against its ground truth, the 2
 denoising it plane by plane, the 3D model as one volume.
 
 ``thin``: 3D models trained ``--minutes`` on patches of ``--depths`` planes (batches of 4, the
-Y X side a multiple of 8 making about 65,536 voxels a step), two at a time, one thread each; the held-out volume
-denoised whole and in overlapping windows of the patch depth (:mod:`photongap.depth_windows`),
-and as photongap denoises it with that model.
+Y X side a multiple of 8 making about 65,536 voxels a step), two at a time, one thread each;
+the held-out volume denoised whole and in overlapping windows of the patch depth
+(:mod:`photongap.depth_windows`), and as photongap denoises it with that model.
 
 ``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
 network, fp32 and bf16, one torch thread, median of a few repeats.

@@ -112,16 +112,19 @@ def percentile_coverage_80(samples: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((truth >= low) & (truth <= high)))
 
 
-def ranks_inside_80(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per pixel, whether the truth ranks inside the samples' central 80% (ties randomised).
+def truth_rank(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per pixel, the truth's rank among the samples, ties randomised: uniform on (0, 1) when the truth is exchangeable with them.
 
-    ``u = (#samples below the truth + U(0, 1) * (#ties + 1)) / (n + 1)`` is uniform on (0, 1) when
-    the truth is exchangeable with the samples; inside: ``u`` in [0.1, 0.9].
+    ``u = (#samples below the truth + U(0, 1) * (#ties + 1)) / (n + 1)``.
     """
-    n = samples.shape[0]
     below = (samples < truth[None]).sum(axis=0)
     ties = (samples == truth[None]).sum(axis=0)
-    u = (below + rng.random(truth.shape) * (ties + 1)) / (n + 1)
+    return (below + rng.random(truth.shape) * (ties + 1)) / (samples.shape[0] + 1)
+
+
+def ranks_inside_80(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per pixel, whether the truth ranks inside the samples' central 80%: :func:`truth_rank` in [0.1, 0.9]."""
+    u = truth_rank(samples, truth, rng)
     return (u >= 0.1) & (u <= 0.9)
 
 
@@ -261,14 +264,11 @@ BRIGHTNESS_CLASSES = (0.5, 0.9, 0.99)
 def truth_by_brightness(samples: np.ndarray, truth: np.ndarray, mmse: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``(classes, 3)`` sums per brightness class of the MMSE: pixels, truth inside the samples' central 80%, and the truth's rank ``u - 1/2``.
 
-    The rank ``u`` of :func:`ranks_inside_80` is uniform for calibrated samples in every class (the
+    The rank ``u`` (:func:`truth_rank`) is uniform for calibrated samples in every class (the
     classes are cut by a function of the data): a mean above 0 says the truth lies above the
     samples there, below 0 under them.
     """
-    n = samples.shape[0]
-    below = (samples < truth[None]).sum(axis=0)
-    ties = (samples == truth[None]).sum(axis=0)
-    u = (below + rng.random(truth.shape) * (ties + 1)) / (n + 1)
+    u = truth_rank(samples, truth, rng)
     classes = np.digitize(mmse, np.quantile(mmse, BRIGHTNESS_CLASSES))
     return np.array([[np.sum(classes == k), np.sum((u >= 0.1) & (u <= 0.9) & (classes == k)), np.sum((u - 0.5)[classes == k])]
                      for k in range(len(BRIGHTNESS_CLASSES) + 1)], dtype=np.float64)
