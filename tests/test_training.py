@@ -336,6 +336,40 @@ def test_the_schedule_counts_the_time_before_a_resume():
     assert RunClock().state_dict()["elapsed_s"] == 0.0
 
 
+def test_a_ctrl_c_inside_a_progress_bars_constructor_waits_until_the_bar_is_whole(monkeypatch):
+    """The interrupt lands in tqdm's constructor (here: where it makes its moving averages).
+
+    Unheld, it leaves a half-built bar whose destructor fails when it is collected, and the
+    interpreter prints that traceback after the run had stopped cleanly.
+    """
+    import gc
+    import signal
+
+    import tqdm.std
+
+    from photongap.training.callbacks import TrainingBar
+
+    moving_average = tqdm.std.EMA
+    def interrupted(*args):
+        signal.raise_signal(signal.SIGINT)
+        return moving_average(*args)
+
+    unraisable = []
+    monkeypatch.setattr(tqdm.std, "EMA", interrupted)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, even when pytest runs under nohup
+    try:
+        bar = TrainingBar(RunClock(), None)
+        for build in (bar.init_train_tqdm, bar.init_sanity_tqdm):
+            with pytest.raises(KeyboardInterrupt):
+                build()
+            gc.collect()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert not unraisable, [str(hook.exc_value) for hook in unraisable]
+
+
 # --- distributed training ----------------------------------------------------------------
 
 DDP_SCRIPT = '''

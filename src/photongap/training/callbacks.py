@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,14 +126,53 @@ class RunFiles(L.Callback):
             trainer.save_checkpoint(partial)
 
 
+@contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it.
+
+    A tqdm bar cut short in its constructor lacks attributes its destructor reads, and the
+    interpreter prints that failure as a traceback long after the interrupt was handled. Only
+    the main thread receives signals, so elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append((number, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 class TrainingBar(L.pytorch.callbacks.TQDMProgressBar):
-    """Lightning's progress bar, whose total (and so its ETA) is what a time limit will allow."""
+    """Lightning's progress bar, whose total (and so its ETA) is what a time limit will allow.
+
+    Its bars are built with a Ctrl-C held back (:func:`interrupt_deferred`): the validation bar
+    is built anew at every validation, so an interrupt can land in its constructor.
+    """
 
     def __init__(self, clock: RunClock, time_limit_minutes: float | None) -> None:
         super().__init__(refresh_rate=5)
         self.clock = clock
         self.time_limit_s = 60.0 * time_limit_minutes if time_limit_minutes else None
         self.first_step = 0
+
+    def init_train_tqdm(self) -> Any:
+        with interrupt_deferred():
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with interrupt_deferred():
+            return super().init_validation_tqdm()
+
+    def init_sanity_tqdm(self) -> Any:
+        with interrupt_deferred():
+            return super().init_sanity_tqdm()
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_start(trainer, module)
