@@ -137,16 +137,14 @@ def interrupt_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append((number, frame)))
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(*caught[0])
-        elif caught and previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there, as if it came now
 
 
 class TrainingBar(L.pytorch.callbacks.TQDMProgressBar):
