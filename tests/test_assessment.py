@@ -16,7 +16,8 @@ import yaml
 import photongap
 import torch
 
-from photongap.assessment import DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, plane_hash, trained_on
+from photongap.assessment import (DEFAULT_FRACTIONS, assess_counts, assess_planes, extrapolation_weights, full_exposure_mse, model_denoiser, plane_hash,
+                                  trained_on)
 from photongap.config import ModelConfig
 from photongap.errors import PhotongapError
 from photongap.exposure import thin
@@ -108,6 +109,26 @@ def test_same_seed_same_assessment_and_a_psnr_from_the_denoised_range():
     assert first.psnr == pytest.approx(10 * np.log10(first.data_range**2 / first.mse))
     assert first.nll_per_photon > 0
     assert json.loads(json.dumps(first.to_dict()))["mse"] == first.mse
+
+
+def test_a_level_input_model_is_told_each_splits_share_of_the_graded_image():
+    class Recording:
+        """Stands in for a model: denoises by copying, and records the shares it is told."""
+
+        config = ModelConfig(level_input=True)
+        shares: list[np.ndarray] = []
+
+        def denoise(self, counts, device, fraction):
+            self.shares.append(np.atleast_1d(fraction))
+            return counts
+
+    image = np.random.default_rng(0).poisson(2.0, (32, 32)).astype(np.float32)
+    model = Recording()
+    assess_counts(model_denoiser(model, image, "cpu"), image, fractions=(0.5, 0.8), repeats=3, seed=1)
+    assert model.shares[0].tolist() == [1.0]  # the image itself, whole
+    assert [share.shape for share in model.shares[1:]] == [(3,), (3,)]
+    for share, fraction in zip(model.shares[1:], (0.5, 0.8)):
+        assert np.abs(share - fraction).max() < 0.05 and len(set(share.tolist())) > 1  # each split's own share
 
 
 def test_training_planes_are_recognised_by_their_hash():

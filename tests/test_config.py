@@ -78,6 +78,7 @@ def test_unknown_keys_raise_naming_the_key(tmp_path, text, key):
         ("model", "encoding_levels", 0),
         ("model", "log_channel", "yes"),
         ("model", "log_channel", 1),
+        ("model", "level_input", "yes"),
     ],
 )
 def test_bad_values_raise_naming_the_key(tmp_path, section, key, value):

@@ -296,3 +296,32 @@ def test_final_mean_is_the_mean_of_the_final_predictive(tiny_model, poisson_imag
     assert not np.allclose(drawn.samples, mean.samples)
     with pytest.raises(PhotongapError, match="final"):
         tiny_model.sample(counts, 1, gain=5.0, final="median", device="cpu")
+
+
+def test_a_level_input_model_samples_from_inputs_thinned_to_its_top_share_and_told_so(tiny_config, poisson_image):
+    """Each prediction comes from the accumulated photons thinned to ``split_max_psnr`` below the image, told that share."""
+    import dataclasses
+
+    from photongap.model import GapModel
+    from photongap.network import GapUNet
+
+    config = dataclasses.replace(tiny_config, level_input=True)
+    torch.manual_seed(0)
+    network = GapUNet(config).eval()
+    model = GapModel(network, config, {"training": {"split_mode": "relative", "split_min_psnr": -3.0, "split_max_psnr": -1.0}})
+    counts = poisson_image((32, 32), 2.0, seed=3)
+    seen = []
+    forward = network.forward
+    def recording(batch, fraction=None):
+        seen.append((float(batch.double().sum(dim=(1, 2, 3)).mean()), fraction))
+        return forward(batch, fraction)
+    network.forward = recording
+    own = model._sampler_network(counts, torch.device("cpu"), "fp32", None, None)
+    assert own.trained == pytest.approx((level_db(counts) - 3.0, level_db(counts) - 1.0))
+    seen.clear()
+    with pytest.warns(UserWarning, match="level_input"):
+        result = model.sample(counts, n=2, seed=1, device="cpu", precision="fp32", gain=20.0)
+    share = 10 ** -0.1
+    assert seen and all(fraction == pytest.approx(share) for _, fraction in seen)
+    assert all(photons == pytest.approx(share * counts.sum(), rel=0.1) for photons, _ in seen)  # thinned to that share of the image
+    assert result.samples.shape == (2, 32, 32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -90,6 +91,24 @@ def test_the_log_channel_follows_the_encoding_and_resolves_bright_pixels_best():
     for dim, bright in ((2, 3), (4, 5)):
         change = (encoded[0, :, 0, bright] - encoded[0, :, 0, dim]).abs()
         assert float(change[5]) > 0.09 and float(change[:5].max()) < 0.045
+
+
+def test_a_level_input_network_reads_each_images_share_of_its_acquisition(tiny_config):
+    net = GapUNet(dataclasses.replace(tiny_config, level_input=True)).eval()
+    assert net.down[0].conv1.in_channels == tiny_config.encoding_levels + 2  # + log1p(counts) + log(share)
+    counts = torch.poisson(torch.full((2, 1, 16, 16), 3.0), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole, half = net(counts), net(counts, 0.5)
+        assert torch.equal(net(counts, 1.0), whole)  # None means the whole acquisition
+        assert (half - whole).abs().max() > 1e-4
+        mixed = net(counts, torch.tensor([1.0, 0.5]))  # one share per image
+        torch.testing.assert_close(mixed, torch.cat([whole[:1], half[1:]]))
+    encoded = net.encoding(counts, torch.tensor([1.0, 0.25]))
+    assert torch.equal(encoded[0, -1], torch.zeros(16, 16))
+    torch.testing.assert_close(encoded[1, -1], torch.full((16, 16), math.log(0.25)))
+    plain = GapUNet(tiny_config).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(counts, 0.5), plain(counts))  # a network without it ignores the share
 
 
 def test_the_network_input_is_the_encoding(tiny_config):

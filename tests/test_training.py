@@ -3,6 +3,7 @@ module, and a short training on real noisy data that beats the untrained network
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.modelfile import FORMAT, FORMAT_VERSION
 from photongap.network import GapUNet
+from photongap.physics import split_counts
 from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
 from photongap.training import RunClock, RunProgress, TrainResult, data_statistics, read_metrics, train, trained_range
 
@@ -507,6 +509,55 @@ def test_a_lightning_checkpoint_is_refused_with_a_hint(tmp_path, tiny_config):
     torch.save({"state_dict": {}, "global_step": 3}, tmp_path / "last.ckpt")
     with pytest.raises(PhotongapError, match="model.pt"):
         GapModel.load(tmp_path / "last.ckpt")
+
+
+# --- level input ---------------------------------------------------------------------------
+
+
+def test_the_held_fraction_is_the_inputs_realised_share_of_its_crop():
+    from photongap.training.module import held_fraction
+
+    counts = torch.poisson(torch.full((3, 1, 32, 32), 2.0), generator=torch.Generator().manual_seed(0))
+    counts[2] = 0  # a crop without photons
+    drawn = torch.tensor([0.6, 0.8, 0.7])
+    split = split_counts(counts, drawn, torch.Generator().manual_seed(1))
+    held = held_fraction(split.input_counts, split.target_counts, drawn)
+    expected = split.input_counts[:2].sum(dim=(1, 2, 3)) / counts[:2].sum(dim=(1, 2, 3))
+    torch.testing.assert_close(held[:2], expected)
+    assert abs(float(held[0]) - 0.6) < 0.05 and abs(float(held[1]) - 0.8) < 0.05
+    assert float(held[2]) == pytest.approx(0.7)  # no photons: the drawn fraction
+    assert held_fraction(counts[:2], torch.zeros_like(counts[:2])).tolist() == [1.0, 1.0]  # a whole image
+
+
+def test_a_level_input_model_trains_and_reads_the_share_it_is_given(tmp_path, tiny_config):
+    config = dataclasses.replace(tiny_config, level_input=True)
+    result = quick_train(tmp_path / "run", config, steps=4)
+    model = GapModel.load(result.model_path)
+    assert model.config.level_input
+    counts = noisy_images(1, shape=(32, 32))[0]
+    whole, half = model.denoise(counts, device="cpu"), model.denoise(counts, device="cpu", fraction=0.5)
+    assert whole.sum() == pytest.approx(counts.sum(), rel=1e-4) and np.abs(whole - half).max() > 1e-4
+    stack = model.denoise(np.stack([counts, counts]), device="cpu", fraction=np.array([1.0, 0.5]))
+    np.testing.assert_allclose(stack, np.stack([whole, half]), rtol=1e-5, atol=1e-6)
+
+
+def test_level_input_with_absolute_splits_is_refused_before_anything_is_written(tmp_path, tiny_config):
+    with pytest.raises(PhotongapError, match="only relative splits") as error:
+        quick_train(tmp_path / "run", dataclasses.replace(tiny_config, level_input=True), split_mode="absolute")
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_files_written_before_level_input_existed_load_without_it(tmp_path, tiny_config):
+    from photongap.config import load_yaml, stored_base, stored_model_config
+
+    payload = model_payload(tiny_config)
+    del payload["model_config"]["level_input"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert GapModel.load(tmp_path / "old.pt").config.level_input is False
+    assert stored_model_config({}).level_input is False
+    stored = tmp_path / "config.yaml"
+    stored.write_text("model: {depth: 3}\ntraining: {steps: 5}\n")  # a run folder's config from before
+    assert load_yaml(stored, stored_base())[0].level_input is False
 
 
 # --- the data module ---------------------------------------------------------------------

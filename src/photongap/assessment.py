@@ -192,6 +192,22 @@ def assess_counts(
     )
 
 
+def model_denoiser(model: Any, image: np.ndarray, device: str = "auto") -> Denoiser:
+    """``model.denoise`` as the :data:`Denoiser` that grades ``image``: each split told the share of ``image``'s photons it holds.
+
+    A model trained with ``level_input`` reads that share; the whole image holds all of them.
+    """
+    total = max(float(np.sum(image, dtype=np.float64)), 1.0)
+    axes = tuple(range(-model.config.dims, 0))
+
+    def denoise(counts: np.ndarray) -> np.ndarray:
+        if not getattr(model.config, "level_input", False):
+            return model.denoise(counts, device=device)
+        return model.denoise(counts, device=device, fraction=np.sum(counts, axis=axes, dtype=np.float64) / total)
+
+    return denoise
+
+
 def assessment_steps(fractions: Sequence[float], repeats: int) -> int:
     """Denoised images per assessed image (for a progress bar)."""
     return len(fractions) * repeats + 1
@@ -239,9 +255,6 @@ def assess_planes(
     "summary": {...}, "warnings": [...]}``; MSEs in photons² per pixel at each image's exposure.
     A plane the model was trained on is flagged and warned about: its grade is optimistic.
     """
-    def denoise(counts: np.ndarray) -> np.ndarray:
-        return model.denoise(counts, device=device)
-
     dims = model.config.dims
     for plane, name in zip(planes, names):
         if np.ndim(plane) != dims:
@@ -249,7 +262,7 @@ def assess_planes(
             raise PhotongapError(f"{name}: this model is assessed on {kind}, got shape {np.shape(plane)}")
     images, notes = [], []
     for number, (plane, name) in enumerate(zip(planes, names)):
-        result = assess_counts(denoise, plane, fractions=fractions, repeats=repeats, seed=seed + number, progress=progress)
+        result = assess_counts(model_denoiser(model, plane, device), plane, fractions=fractions, repeats=repeats, seed=seed + number, progress=progress)
         seen = trained_on(model.info, plane)
         if seen:
             notes.append(f"{name} was used to train this model: its grade is optimistic (the network has seen these photons)")

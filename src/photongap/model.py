@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, ModelConfig, Precision
+from photongap.config import DEFAULT_OVERLAP, DEFAULT_SAMPLE_TILE, DEFAULT_TILE, DEFAULT_TILE_DEPTH, ModelConfig, Precision, TrainConfig, to_dict
 from photongap.depth_windows import denoise_in_windows, depth_window, warn_thin, window_shapes
 from photongap.errors import PhotongapError
-from photongap.modelfile import FORMAT_VERSION, load_model, save_model, trained_range_from_info
+from photongap.modelfile import describe, load_model, save_model, trained_range_from_info
 from photongap.network import receptive_radii, receptive_radius
 from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_device
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
-from photongap.sampling.stop import LEVEL_TOLERANCE_DB, warn_outside_trained
-from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, held_out_gain, spread_calls, spread_gain
+from photongap.sampling.stop import LEVEL_TOLERANCE_DB, warn_level_input, warn_outside_trained
+from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, SamplerNetwork, held_out_gain, spread_calls, spread_gain
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles, window_tile
 
 GENERATION_TOLERANCE_DB = 10.0
@@ -95,33 +95,17 @@ class GapModel:
         if shape[-3] < self.min_depth:
             raise PhotongapError(f"{name}: a stack of {shape[-3]} planes is thinner than this 3D model's patch depth ({self.min_depth}); use a 2D model or train with a smaller depth")
 
-    def logits_fn(self, device: str | torch.device = "auto", precision: Precision = "auto") -> LogitsFn:
-        """The network as a function ``counts (B,1,Y,X) -> logits`` (see :func:`photongap.runtime.logits_fn`)."""
-        return logits_fn(self.network, device, precision)
+    def logits_fn(self, device: str | torch.device = "auto", precision: Precision = "auto", fraction: float | None = None) -> LogitsFn:
+        """The network as a function ``counts (B,1,Y,X) -> logits`` (see :func:`photongap.runtime.logits_fn`; ``fraction`` there)."""
+        return logits_fn(self.network, device, precision, fraction if self.config.level_input else None)
 
     def trained_range(self) -> tuple[float, float] | None:
         """``(low, high)`` pseudo-PSNR (dB) of the inputs the network saw in training, if recorded."""
         return trained_range_from_info(self.info)
 
     def describe(self) -> dict[str, Any]:
-        """What ``photongap info`` shows: provenance, size, trained range, data statistics and the validation assessment."""
-        trained = self.trained_range()
-        return {
-            "photongap_version": self.version,
-            "format_version": FORMAT_VERSION,
-            "preset": self.info.get("preset", "unknown"),
-            "weights": sum(parameter.numel() for parameter in self.network.parameters()),
-            "network": self.config.__dict__,
-            "receptive_radius_px": self.context,
-            "trained_range_db": list(trained) if trained else None,
-            "trained_range_photons_per_px": [10 ** (level / 10) for level in trained] if trained else None,
-            "steps_done": self.info.get("steps_done"),
-            "data": {key: value for key, value in (self.info.get("data") or {}).items() if not key.endswith("_hashes")} or None,
-            "fingerprinted_planes": len((self.info.get("data") or {}).get("plane_hashes", [])),
-            "posterior_gain": self.info.get("posterior_gain"),
-            "training": self.info.get("training"),
-            "assessment": self.info.get("assessment"),
-        }
+        """What ``photongap info`` shows: provenance, size, trained range, data statistics and the validation assessment (:func:`photongap.modelfile.describe`)."""
+        return describe(self)
 
     def denoise(
         self,
@@ -135,6 +119,7 @@ class GapModel:
         out: Any | None = None,
         progress: Callable[[int], None] | None = None,
         tile_depth: int | None = DEFAULT_TILE_DEPTH,
+        fraction: float | np.ndarray | None = None,
     ) -> Any:
         """MMSE denoising: ``softmax(net(counts)) * sum(counts)``, plane by plane, or volume by volume for a 3D model.
 
@@ -159,6 +144,9 @@ class GapModel:
             Where to write the float32 result (e.g. a memory map); new array if omitted.
         progress : callable, optional
             Called with the number of tiles finished, as they finish.
+        fraction : float or array, optional
+            The share of its acquisition's photons each image (of the leading axes) holds, e.g. a
+            split's; None: all. Read by ``level_input`` models (:class:`~photongap.config.ModelConfig`).
 
         Returns
         -------
@@ -174,9 +162,10 @@ class GapModel:
             tile=window_tile(self.config.dims, tile, tile_depth, shape[-3] if spatial == 3 else 0), overlap=overlap, multiple=self.config.size_multiples, context=self.contexts,
             batch_size=batch_size_for(device, batch_size, on_gpu=4), progress=progress,
         )
-        network = self.logits_fn(device, precision)
+        shares = np.broadcast_to(np.asarray(1.0 if fraction is None else fraction, dtype=np.float64), shape[:-spatial])
         window = depth_window(self.patch_depth, shape[-3]) if spatial == 3 else None
         for index in np.ndindex(*shape[:-spatial]):
+            network = self.logits_fn(device, precision, float(shares[index]))
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
             if window is not None:  # a thin-patch model: windows of its patch depth
                 denoise_in_windows(lambda volume: denoise_plane(network, volume, **options), plane, window, out, index)
@@ -187,11 +176,22 @@ class GapModel:
                 out[index] = result
         return out
 
-    def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None, shape: tuple[int, int]) -> LogitsFn:
+    def _sampling_logits_fn(self, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None, shape: tuple[int, ...], fraction: float | None = None) -> LogitsFn:
         batch_size = batch_size_for(device, batch_size, on_gpu=16)
         return image_logits_fn(
-            self.logits_fn(device, precision), shape, tile=window_tile(self.config.dims, tile, None, shape[0] if len(shape) == 3 else 0), multiple=self.config.size_multiples, context=self.contexts, batch_size=batch_size
+            self.logits_fn(device, precision, fraction), shape, tile=window_tile(self.config.dims, tile, None, shape[0] if len(shape) == 3 else 0), multiple=self.config.size_multiples, context=self.contexts, batch_size=batch_size
         )
+
+    def _sampler_network(self, counts: np.ndarray, device: torch.device, precision: Precision, batch_size: int | None, tile: int | None) -> SamplerNetwork:
+        """The network the Dirichlet sampler and its gain run, the range it thins to, and a ``level_input`` model's network at a share of the image.
+
+        Such a model learnt shares of its crops up to ``split_max_psnr`` dB: every input is thinned to that share of this image and the network told so."""
+        if not self.config.level_input:
+            return SamplerNetwork(self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape), self.trained_range(), None)
+        training = {**to_dict(TrainConfig()), **(self.info.get("training") or {})}
+        level_db, top = 10 * math.log10(max(float(counts.sum(dtype=np.float64)), 1.0) / counts.size), min(training["split_max_psnr"], 0.0)
+        at_share = functools.partial(self._sampling_logits_fn, device, precision, batch_size, tile, counts.shape)
+        return SamplerNetwork(at_share(10 ** (top / 10)), (level_db + training["split_min_psnr"], level_db + top), at_share)
 
     def estimate_gain(
         self,
@@ -211,8 +211,8 @@ class GapModel:
         it (:func:`photongap.sampling.gain.held_out_gain`, where the derivation is).
         """
         device = resolve_device(device)
-        logits = logits or self._sampling_logits_fn(device, precision, None, tile, np.shape(counts))
-        return held_out_gain(counts, logits, self.trained_range(), fractions=fractions, repeats=repeats, seed=seed, device=device)[0]
+        own = self._sampler_network(np.asarray(counts, dtype=np.float32), device, precision, None, tile)
+        return held_out_gain(counts, logits or own.logits, own.trained, fractions=fractions, repeats=repeats, seed=seed, device=device, at_share=None if logits else own.at_share)[0]
 
     def gain_map(
         self,
@@ -233,8 +233,8 @@ class GapModel:
         where that is higher than ``gain``, a lower bound).
         """
         device = resolve_device(device)
-        logits = logits or self._sampling_logits_fn(device, precision, None, tile, np.shape(counts))
-        return spread_gain(counts, gain, logits, self.trained_range(), seed=seed, device=device, at_least=at_least)
+        own = self._sampler_network(np.asarray(counts, dtype=np.float32), device, precision, None, tile)
+        return spread_gain(counts, gain, logits or own.logits, own.trained, seed=seed, device=device, at_least=at_least, at_share=None if logits else own.at_share)
 
     def sample(
         self,
@@ -314,7 +314,6 @@ class GapModel:
         total = float(counts.sum(dtype=np.float64))
         start_db = 10 * math.log10(max(total, 1.0) / counts.size)
         device = resolve_device(device)
-        network = self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape)
         start = torch.from_numpy(counts).to(device)[None, None].expand(n, 1, *counts.shape).contiguous()
         generator = torch.Generator(device=device).manual_seed(seed)
         if schedule is not None and gain is None:
@@ -322,10 +321,11 @@ class GapModel:
                 target_psnr = DEFAULT_TARGET_PSNR
             warn_outside_trained(self.trained_range(), start_db, target_psnr, LEVEL_TOLERANCE_DB, "sampling")
             stop = StopRule(target_psnr=target_psnr, target_photons=target_photons)
+            network = self._sampling_logits_fn(device, precision, batch_size, tile, counts.shape)
             result = accumulate_photons(network, start, scale_to=total, schedule=schedule, stop=stop, generator=generator, on_step=on_step)
             return PosteriorSamples.from_result(result)
 
-        trained = self.trained_range()
+        network, trained, at_share = self._sampler_network(counts, device, precision, batch_size, tile)
         top = None if trained is None else trained[1]
         if target_psnr is not None or target_photons is not None:
             stop = StopRule(target_psnr=target_psnr, target_photons=target_photons)
@@ -334,13 +334,13 @@ class GapModel:
         else:
             stop = StopRule(target_psnr=DEFAULT_TARGET_PSNR)
         warn_outside_trained(self.trained_range(), start_db, None, LEVEL_TOLERANCE_DB, "sampling")
+        warn_level_input(self.config.level_input)
         gain_calls = 0
         if gain is None:
-            # Measured on this image, not read from the model file: on the held-out images of one
-            # data set the gain ranged from 4 to 20 (benchmarks/bench_sampling.py). Its own seed
-            # stream, so that the samples of one seed do not depend on whether it was given.
-            gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device)
-            spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved)
+            # Measured on this image (on one data set's held-out images it ranged from 4 to 20), with its own
+            # seed stream, so that the samples of one seed do not depend on whether it was given.
+            gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device, at_share=at_share)
+            spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved, at_share=at_share)
             gain_calls = len(GAIN_FRACTIONS) * GAIN_REPEATS + spread_calls(counts.ndim)
         else:
             spread = float(gain)

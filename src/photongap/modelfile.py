@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from photongap.config import ModelConfig, from_dict, to_dict
+from photongap.config import ModelConfig, stored_model_config, to_dict
 from photongap.errors import PhotongapError
 from photongap.io import atomic_output
 from photongap.network import GapUNet
@@ -71,7 +71,7 @@ def load_model(path: str | Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], 
         raise PhotongapError(
             f"{path}: model format {version} from photongap {payload.get('photongap_version')} is not supported by this version (format {FORMAT_VERSION})"
         )
-    config = from_dict(ModelConfig, payload["model_config"], f"{path}, model_config")
+    config = stored_model_config(payload["model_config"], f"{path}, model_config")
     return _network(path, config, payload["state_dict"]), config, dict(payload.get("info") or {}), str(payload.get("photongap_version", "unknown"))
 
 
@@ -116,7 +116,7 @@ def _load_package(path: Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], str
         raise PhotongapError(f"{path}: the package's pytorch_state_dict weights ({source}) are missing or unreadable") from None
     # The package's module wraps the network as its attribute `network`.
     state_dict = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
-    config = from_dict(ModelConfig, stored.get("model_config"), f"{path}, model_config")
+    config = stored_model_config(stored.get("model_config"), f"{path}, model_config")
     return _network(path, config, state_dict), config, dict(stored.get("info") or {}), str(stored.get("photongap_version", "unknown"))
 
 
@@ -139,3 +139,24 @@ def trained_range_from_info(info: dict[str, Any]) -> tuple[float, float] | None:
     if training.get("split_mode") == "relative":
         return low_image + training["split_min_psnr"], high_image + min(training["split_max_psnr"], 0.0)
     return training["split_min_psnr"], min(training["split_max_psnr"], high_image)
+
+
+def describe(model: Any) -> dict[str, Any]:
+    """What ``photongap info`` shows of a :class:`~photongap.model.GapModel`: provenance, size, trained range, data statistics and the validation assessment."""
+    trained = model.trained_range()
+    return {
+        "photongap_version": model.version,
+        "format_version": FORMAT_VERSION,
+        "preset": model.info.get("preset", "unknown"),
+        "weights": sum(parameter.numel() for parameter in model.network.parameters()),
+        "network": model.config.__dict__,
+        "receptive_radius_px": model.context,
+        "trained_range_db": list(trained) if trained else None,
+        "trained_range_photons_per_px": [10 ** (level / 10) for level in trained] if trained else None,
+        "steps_done": model.info.get("steps_done"),
+        "data": {key: value for key, value in (model.info.get("data") or {}).items() if not key.endswith("_hashes")} or None,
+        "fingerprinted_planes": len((model.info.get("data") or {}).get("plane_hashes", [])),
+        "posterior_gain": model.info.get("posterior_gain"),
+        "training": model.info.get("training"),
+        "assessment": model.info.get("assessment"),
+    }

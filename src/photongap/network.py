@@ -31,18 +31,34 @@ class CountEncoding(nn.Module):
 
     scales: torch.Tensor
 
-    def __init__(self, levels: int, kind: str = "sine", log_channel: bool = False) -> None:
+    def __init__(self, levels: int, kind: str = "sine", log_channel: bool = False, level_input: bool = False) -> None:
         super().__init__()
         self.log_channel = log_channel
-        self.channels = levels + int(log_channel)
+        self.level_input = level_input
+        self.channels = levels + int(log_channel) + int(level_input)
         # 1-D, so that converting the network to channels_last leaves it alone (a 4-D buffer
         # would get strides that alias its memory, which DDP's buffer broadcast rejects).
         self.register_buffer("scales", 10.0 ** -torch.arange(levels, dtype=torch.float32))
         self.function = {"sine": torch.sin, "tanh": torch.tanh}[kind]
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+    def forward(self, counts: torch.Tensor, fraction: float | torch.Tensor | None = None) -> torch.Tensor:
         encoded = self.function(counts * self.scales.reshape(1, -1, *([1] * (counts.dim() - 2))))
-        return torch.cat([encoded, torch.log1p(counts)], dim=1) if self.log_channel else encoded
+        channels = [encoded, torch.log1p(counts)] if self.log_channel else [encoded]
+        if self.level_input:
+            channels.append(level_channel(counts, fraction))
+        return torch.cat(channels, dim=1) if len(channels) > 1 else encoded
+
+
+def level_channel(counts: torch.Tensor, fraction: float | torch.Tensor | None) -> torch.Tensor:
+    """``log(fraction)`` as a constant channel of ``counts``' shape ``(B, 1, *S)``: 0 for a whole acquisition (None).
+
+    ``fraction`` is the share of its acquisition's photons an input holds, one for all images
+    or ``(B,)``: a training input split from its crop holds about the split fraction of it.
+    """
+    batch = counts.shape[0]
+    value = torch.as_tensor(1.0 if fraction is None else fraction, dtype=torch.float32, device=counts.device)
+    value = value.clamp_min(1e-3).log().reshape(-1).expand(batch)
+    return value.reshape(batch, 1, *([1] * (counts.dim() - 2))).expand(batch, 1, *counts.shape[2:]).to(counts.dtype)
 
 
 CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -101,7 +117,7 @@ class GapUNet(nn.Module):
         super().__init__()
         self.config = config
         widths, dims = config.widths, config.dims
-        self.encoding = CountEncoding(config.encoding_levels, config.encoding, config.log_channel)
+        self.encoding = CountEncoding(config.encoding_levels, config.encoding, config.log_channel, config.level_input)
         self.down = nn.ModuleList()
         in_channels = self.encoding.channels
         for width in widths:
@@ -120,8 +136,9 @@ class GapUNet(nn.Module):
                     nn.init.xavier_normal_(conv.weight)
                     nn.init.zeros_(conv.bias)
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        x = self.encoding(counts)
+    def forward(self, counts: torch.Tensor, fraction: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``counts``; ``fraction``: the share of their acquisition's photons they hold (read with ``config.level_input``)."""
+        x = self.encoding(counts, fraction)
         skips = []
         for level, block in enumerate(self.down):
             if level > 0:

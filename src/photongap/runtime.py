@@ -67,12 +67,13 @@ def use_bf16(precision: Precision, device_type: str) -> bool:
     return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
-def logits_fn(network: nn.Module, device: str | torch.device = "auto", precision: Precision = "auto") -> LogitsFn:
+def logits_fn(network: nn.Module, device: str | torch.device = "auto", precision: Precision = "auto", fraction: float | None = None) -> LogitsFn:
     """The network as a function ``counts (B, 1, Y, X) -> logits``, on ``device``, under inference mode.
 
     The network runs in channels_last layout (on a CPU, oneDNN's convolutions ran 1.3-1.8x
     faster so, in fp32 too), under bf16 autocast where chosen; the output convolution and
-    the logits stay float32.
+    the logits stay float32. ``fraction``: the share of their acquisition's photons the counts
+    hold, for a network that reads it (``ModelConfig.level_input``; None: all of them).
     """
     device = resolve_device(device)
     bf16 = use_bf16(precision, device.type)
@@ -82,6 +83,6 @@ def logits_fn(network: nn.Module, device: str | torch.device = "auto", precision
     def logits(counts: torch.Tensor) -> torch.Tensor:
         counts = counts.to(device, torch.float32).contiguous(memory_format=layout)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return network(counts).float()
+            return (network(counts, fraction) if fraction is not None else network(counts)).float()
 
     return logits

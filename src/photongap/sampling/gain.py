@@ -11,6 +11,8 @@ its network (``estimate_gain``, ``gain_map``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +22,17 @@ from photongap.physics import mmse_from_logits, split_counts
 from photongap.posterior import HeldOutError, gain_at_level, held_out_error, thin_to_level
 from photongap.robbins import lattice_offsets, probe_halves, probes_per_pixel, robbins_gain_map, robbins_lattice, self_response
 from photongap.runtime import LogitsFn
+
+ShareLogits = Callable[[float], LogitsFn]
+"""For a network that reads the share of the image's photons its input holds (``level_input``): the network at a share."""
+
+
+class SamplerNetwork(NamedTuple):
+    """What the Dirichlet sampler runs: ``logits`` at its own level, the ``trained`` range it thins to, and ``at_share`` (or None)."""
+
+    logits: LogitsFn
+    trained: tuple[float, float] | None
+    at_share: ShareLogits | None
 
 GAIN_FRACTIONS = (0.5, 0.7)
 """Binomial fractions ``q1, q2`` of the held-out splits the posterior gain is measured at (of the sampler's level)."""
@@ -38,6 +51,7 @@ def held_out_gain(
     repeats: int = GAIN_REPEATS,
     seed: int = 0,
     device: torch.device,
+    at_share: ShareLogits | None = None,
 ) -> tuple[float, bool]:
     """The network's gain ``g`` on ``counts``, and whether the held-out photons resolved its error: ``len(fractions) * repeats`` calls.
 
@@ -56,7 +70,8 @@ def held_out_gain(
     data's photons). An error below one standard error is taken as one (a gain the data can
     just tell from infinite, and weighted as that uncertain). ``resolved`` is False where the
     error at the lowest fraction was under ``GAIN_RESOLVED_SD`` standard errors: the gain is
-    then little more than a lower bound.
+    then little more than a lower bound. ``at_share``: for a ``level_input`` network, the network
+    told each split's share of the image's photons (``logits`` is then not called).
     """
     counts = np.asarray(counts, dtype=np.float32)
     total = float(counts.sum(dtype=np.float64))
@@ -71,7 +86,8 @@ def held_out_gain(
     for fraction in sorted(fractions):
         split = split_counts(image, torch.full((repeats,), fraction * level, device=device), generator)
         photons = split.input_counts.double().flatten(1).sum(dim=1)
-        estimate = mmse_from_logits(logits(split.input_counts), photons)
+        network = at_share(fraction * level) if at_share is not None else logits
+        estimate = mmse_from_logits(network(split.input_counts), photons)
         error, standard_error = error_of_mean(
             [held_out_error(estimate[r : r + 1], split.target_counts[r : r + 1], fraction * level) for r in range(repeats)]
         )
@@ -108,6 +124,7 @@ def spread_gain(
     seed: int = 0,
     device: torch.device,
     at_least: bool = False,
+    at_share: ShareLogits | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The gain ``gain`` spread over the image as the network's own variance is: :func:`spread_calls` network calls (19 for an image, 37 for a volume).
 
@@ -122,7 +139,7 @@ def spread_gain(
     on held-out photons (:func:`held_out_gain`). With
     ``at_least`` (the held-out photons could not resolve the network's error, so ``gain`` is only
     a lower bound) the network's own overall gain is used where it is higher: its belief, within
-    what the data allow. Returns the map (``(1, 1, Y, X)``, a volume's ``(1, 1, D, Y, X)``) float64
+    what the data allow. ``at_share``: as in :func:`held_out_gain`. Returns the map (``(1, 1, Y, X)``, a volume's ``(1, 1, D, Y, X)``) float64
     on ``device`` and the overall gain it was scaled to.
     """
     counts = np.asarray(counts, dtype=np.float32)
@@ -137,6 +154,8 @@ def spread_gain(
     probes = probes_per_pixel(spacing)
     image = thin_to_level(image, level * level / (level + probes), generator).thinned
     photons = float(image.double().sum())
+    if at_share is not None:
+        logits = at_share(photons / max(float(counts.sum(dtype=np.float64)), 1.0))
     mean = mmse_from_logits(logits(image), torch.tensor([photons], dtype=torch.float64, device=device)).double()
     response = torch.zeros_like(mean)
     for first, second in probe_halves(image, spacing, generator, grid):

@@ -55,6 +55,19 @@ class RunProgress:
         return min(progress, 1.0)
 
 
+def held_fraction(input_counts: torch.Tensor, target_counts: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
+    """The share of each crop's photons its input holds, ``(B,)``: what a ``level_input`` network reads.
+
+    The realised share, ``sum(input) / (sum(input) + sum(target))``, as it will be for an image
+    split by ``photongap assess``, or whole (1). A crop without photons takes the ``drawn``
+    split fraction (or 1).
+    """
+    held = input_counts.double().flatten(1).sum(dim=1)
+    total = held + target_counts.double().flatten(1).sum(dim=1)
+    fallback = torch.ones_like(total) if drawn is None else drawn.double()
+    return torch.where(total > 0, held / total.clamp_min(1.0), fallback).float()
+
+
 class GapLightningModule(L.LightningModule):
     """GAP training: ``loss = photon_loss(net(input_counts), target_counts)`` on fresh splits.
 
@@ -106,13 +119,15 @@ class GapLightningModule(L.LightningModule):
             counts, config.split_min_psnr, config.split_max_psnr, relative=config.split_mode == "relative", generator=self.split_generator
         )
         split = split_counts(counts, fraction, self.split_generator)
-        loss = self._mean_loss(self.network(self._layout(split.input_counts)), split.target_counts)
+        logits = self.network(self._layout(split.input_counts), held_fraction(split.input_counts, split.target_counts, fraction))
+        loss = self._mean_loss(logits, split.target_counts)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=counts.shape[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int) -> None:
         input_counts, target_counts = batch
-        loss = self._mean_loss(self.inference_network(self._layout(input_counts)), target_counts)
+        logits = self.inference_network(self._layout(input_counts), held_fraction(input_counts, target_counts))
+        loss = self._mean_loss(logits, target_counts)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=input_counts.shape[0])
 
     @staticmethod
