@@ -52,7 +52,7 @@ import torch
 
 from common import OUTPUT, default_model, ground_truth, report
 from photongap.model import GapModel
-from photongap.assessment import (DEFAULT_REPEATS, SplitSums, assess_counts, extrapolation_weights,
+from photongap.assessment import (DEFAULT_REPEATS, SplitSums, assess_counts, extrapolation_weights, model_denoiser,
                                   full_exposure_estimates, photon_noise_floor)
 from photongap.sample_data import clean_at_level
 
@@ -97,7 +97,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
             models[name, level] = test_model(name, level, Path(args.models))
         model = models[name, level]
         denoised = model.denoise(counts, device="cpu")
-        result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, fractions=ALL_FRACTIONS, repeats=args.repeats,
+        result = assess_counts(model_denoiser(model, counts, "cpu"), counts, fractions=ALL_FRACTIONS, repeats=args.repeats,
                                seed=args.seed + index, denoised=denoised, clean=clean)
         sums = {key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in asdict(result.sums).items()}
         rows.append(dict(set=name, level=level, image=index, true_mse=float(np.mean((clean.astype(np.float64) - denoised) ** 2)),
@@ -160,7 +160,7 @@ def redraw(args: argparse.Namespace) -> None:
                 counts = np.random.default_rng(10_000 + draw).poisson(clean).astype(np.float32)
                 denoised = model.denoise(counts, device="cpu")
                 true = float(np.mean((clean - denoised) ** 2))
-                result = assess_counts(lambda c: model.denoise(c, device="cpu"), counts, seed=draw, denoised=denoised)
+                result = assess_counts(model_denoiser(model, counts, "cpu"), counts, seed=draw, denoised=denoised)
                 power = float(np.sum(counts.astype(np.float64) ** 2 - counts) - np.sum(clean**2)) / clean.size
                 rows.append((result.mse / true - 1, power / true, result.mse_std / true))
             error, power, std = np.array(rows).T

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from photongap.assessment import assess_counts
+from photongap.assessment import assess_counts, model_denoiser
 from photongap.exposure import plan_exposure, thin
 from photongap.model import GapModel
 from photongap.sample_data import clean_at_level, load_sample_data, simulate_counts
@@ -90,7 +90,7 @@ def tune_check(args: argparse.Namespace) -> None:
     psnr = lambda value: 10 * math.log10(data_range**2 / value)  # noqa: E731
     print(f"  this run, true PSNR {psnr(np.mean(tuned_mse)):.2f} dB; actual acquisition, from scratch, true PSNR {psnr(np.mean(actual_mse)):.2f} dB")
     if args.grade:  # as the plan grades its held-out images (assess_planes: seed = plane number), in original photons²
-        graded = np.mean([assess_counts(lambda c: tuned.denoise(c, device="cpu"), low, seed=number).mse * scale**2
+        graded = np.mean([assess_counts(model_denoiser(tuned, low, "cpu"), low, seed=number).mse * scale**2
                           for number, low in enumerate(thinned[len(data.train):])])
         print(f"  plan estimate (default estimator) PSNR {psnr(graded):.2f} dB: estimate - actual {psnr(graded) - psnr(np.mean(actual_mse)):+.2f} dB, "
               f"estimate - own true {psnr(graded) - psnr(np.mean(tuned_mse)):+.2f} dB")
@@ -146,7 +146,7 @@ def main() -> None:
     print(f"  actual acquisition     MSE {np.mean(actual_mse):.4g} ({db(np.mean(actual_mse)):.2f} dB)  PSNR {psnr(np.mean(actual_mse)):.2f} dB")
     print(f"  estimate - actual: {psnr(point['mse']) - psnr(np.mean(actual_mse)):+.2f} dB PSNR")
     for method in args.regrade:  # the same held-out planes and seeds as the plan's own grading, another estimator
-        graded = [assess_counts(lambda c: own.denoise(c, device="cpu"), low, seed=number, method=method).mse * scale**2
+        graded = [assess_counts(model_denoiser(own, low, "cpu"), low, seed=number, method=method).mse * scale**2
                   for number, low in enumerate(thinned)]
         print(f"  regraded ({method}): MSE {np.mean(graded):.4g}  PSNR {psnr(np.mean(graded)):.2f} dB, "
               f"estimate - actual {psnr(np.mean(graded)) - psnr(np.mean(actual_mse)):+.2f} dB")
