@@ -533,7 +533,7 @@ def test_a_level_input_model_trains_and_reads_the_share_it_is_given(tmp_path, ti
     config = dataclasses.replace(tiny_config, level_input=True)
     result = quick_train(tmp_path / "run", config, steps=4)
     model = GapModel.load(result.model_path)
-    assert model.config.level_input
+    assert model.config.level_input and model.describe()["network"]["level_input"] is True  # what `photongap info` shows
     counts = noisy_images(1, shape=(32, 32))[0]
     whole, half = model.denoise(counts, device="cpu"), model.denoise(counts, device="cpu", fraction=0.5)
     assert whole.sum() == pytest.approx(counts.sum(), rel=1e-4) and np.abs(whole - half).max() > 1e-4

@@ -317,7 +317,8 @@ def info(
         f"[bold]{model}[/]",
         f"  photongap {description['photongap_version']}, model format {description['format_version']}, preset {description['preset']}",
         f"  network   depth {description['network']['depth']}, {description['network']['start_filters']} filters, "
-        f"{description['network']['encoding']} encoding; {description['weights']:,} weights; receptive radius {description['receptive_radius_px']} px",
+        f"{description['network']['encoding']} encoding{', level input' if description['network'].get('level_input') else ''}; "
+        f"{description['weights']:,} weights; receptive radius {description['receptive_radius_px']} px",
         "  trained   " + (f"inputs from {trained[0]:.1f} to {trained[1]:.1f} dB ({photons[0]:.3g} to {photons[1]:.3g} photons/px)" if trained else "range not recorded"),
         f"  steps     {description['steps_done']}",
     ]
