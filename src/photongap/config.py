@@ -119,7 +119,7 @@ class ModelConfig:
         image being denoised, all: 0). Without it the network must guess from the photons how
         dim its input is against the scene, and where brightness varies widely between crops (a
         star field) it guesses wrong: on the Hubble deep field at 0.1 photons/px the default
-        network denoised 0.6 dB better when its input was scaled by 0.7, i.e. made to look
+        network denoised 0.5-0.6 dB better when its input was scaled by 0.7, i.e. made to look
         dimmer than it is. With it (1000 steps, two training seeds, benchmarks/bench_level_input.py):
         +0.57 dB there, +0.24 dB at 1 photon/px, and -0.07 and -0.05 dB on the demo data, within
         the spread of training seeds. Its posterior samples are not calibrated (too narrow on

@@ -34,6 +34,7 @@ class SamplerNetwork(NamedTuple):
     trained: tuple[float, float] | None
     at_share: ShareLogits | None
 
+
 GAIN_FRACTIONS = (0.5, 0.7)
 """Binomial fractions ``q1, q2`` of the held-out splits the posterior gain is measured at (of the sampler's level)."""
 GAIN_REPEATS = 6
@@ -139,8 +140,8 @@ def spread_gain(
     on held-out photons (:func:`held_out_gain`). With
     ``at_least`` (the held-out photons could not resolve the network's error, so ``gain`` is only
     a lower bound) the network's own overall gain is used where it is higher: its belief, within
-    what the data allow. ``at_share``: as in :func:`held_out_gain`. Returns the map (``(1, 1, Y, X)``, a volume's ``(1, 1, D, Y, X)``) float64
-    on ``device`` and the overall gain it was scaled to.
+    what the data allow. ``at_share``: as in :func:`held_out_gain`. Returns the map (``(1, 1, Y, X)``,
+    a volume's ``(1, 1, D, Y, X)``) float64 on ``device`` and the overall gain it was scaled to.
     """
     counts = np.asarray(counts, dtype=np.float32)
     generator = torch.Generator(device=device).manual_seed(seed)

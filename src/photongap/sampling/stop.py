@@ -149,6 +149,6 @@ def warn_level_input(level_input: bool) -> None:
     if level_input:
         warnings.warn(
             "this model reads its input's share of the acquisition (model.level_input), and its samples' spread was measured too narrow "
-            "on dim data (70% of pixels inside the samples' central 80% at 0.1 photons/px); for posterior samples use a model without it",
+            "on dim data (69-75% of pixels inside the samples' central 80% at 0.1 photons/px); for posterior samples use a model without it",
             stacklevel=3,
         )
