@@ -548,16 +548,16 @@ def test_level_input_with_absolute_splits_is_refused_before_anything_is_written(
 
 
 def test_files_written_before_level_input_existed_load_without_it(tmp_path, tiny_config):
-    from photongap.config import load_yaml, stored_base, stored_model_config
+    """Model files and run folders from before lack the key: they must keep meaning a network without the channel."""
+    from photongap.config import load_yaml
 
     payload = model_payload(tiny_config)
     del payload["model_config"]["level_input"]
     torch.save(payload, tmp_path / "old.pt")
     assert GapModel.load(tmp_path / "old.pt").config.level_input is False
-    assert stored_model_config({}).level_input is False
     stored = tmp_path / "config.yaml"
     stored.write_text("model: {depth: 3}\ntraining: {steps: 5}\n")  # a run folder's config from before
-    assert load_yaml(stored, stored_base())[0].level_input is False
+    assert load_yaml(stored)[0].level_input is False
 
 
 # --- the data module ---------------------------------------------------------------------

@@ -115,16 +115,10 @@ class ModelConfig:
         photons/px, and the same at 1 photon/px (see :class:`photongap.network.CountEncoding`).
     level_input : bool
         Also give the network ``log(share)``, the share of its acquisition's photons an input
-        holds (a training input split from its crop holds about the split fraction of it; an
-        image being denoised, all: 0). Without it the network must guess from the photons how
-        dim its input is against the scene, and where brightness varies widely between crops (a
-        star field) it guesses wrong: on the Hubble deep field at 0.1 photons/px the default
-        network denoised 0.5-0.6 dB better when its input was scaled by 0.7, i.e. made to look
-        dimmer than it is. With it (1000 steps, two training seeds, benchmarks/bench_level_input.py):
-        +0.57 dB there, +0.24 dB at 1 photon/px, and -0.07 and -0.05 dB on the demo data, within
-        the spread of training seeds. Its posterior samples are not calibrated (too narrow on
-        the demo data at 0.1 photons/px: README, Known limits), so it is off by default. Needs
-        ``split_mode: relative``. Models saved before it existed load with it off.
+        holds (a training split's; 0 for an image denoised whole), which it must otherwise guess.
+        On the Hubble deep field +0.57 dB at 0.1 photons/px and +0.24 dB at 1, on the demo data
+        -0.07 and -0.05 dB (benchmarks/bench_level_input.py; README, Configuration). Off by
+        default: its posterior samples are not calibrated. Needs ``split_mode: relative``.
     block : {"photongap", "published"}
         The residual block: ``relu(conv3(relu(conv2(relu(conv1 x)))) + skip(x))`` with a 1x1
         projection where widths change (photongap), or the published one, whose residual
@@ -369,20 +363,6 @@ def from_dict(cls: type, values: dict[str, Any] | None, where: str = "configurat
         return cls(**values)
     except TypeError as error:
         raise PhotongapError(f"{where}: {error}") from None
-
-
-STORED_DEFAULTS: dict[str, Any] = {"level_input": False}
-"""What a model file or a run folder written before a :class:`ModelConfig` key existed meant by leaving it out."""
-
-
-def stored_model_config(values: dict[str, Any] | None, where: str = "model_config") -> ModelConfig:
-    """The :class:`ModelConfig` a model file or a run's ``config.yaml`` stored: keys it lacks take :data:`STORED_DEFAULTS`, not today's defaults."""
-    return from_dict(ModelConfig, {**STORED_DEFAULTS, **(values or {})}, where)
-
-
-def stored_base() -> tuple[ModelConfig, TrainConfig]:
-    """The base :func:`load_yaml` reads a run's stored ``config.yaml`` over (see :func:`stored_model_config`)."""
-    return dataclasses.replace(ModelConfig(), **STORED_DEFAULTS), TrainConfig()
 
 
 def override(config: Any, **changes: Any) -> Any:

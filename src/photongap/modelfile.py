@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from photongap.config import ModelConfig, stored_model_config, to_dict
+from photongap.config import ModelConfig, from_dict, to_dict
 from photongap.errors import PhotongapError
 from photongap.io import atomic_output
 from photongap.network import GapUNet
@@ -71,7 +71,7 @@ def load_model(path: str | Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], 
         raise PhotongapError(
             f"{path}: model format {version} from photongap {payload.get('photongap_version')} is not supported by this version (format {FORMAT_VERSION})"
         )
-    config = stored_model_config(payload["model_config"], f"{path}, model_config")
+    config = from_dict(ModelConfig, payload["model_config"], f"{path}, model_config")
     return _network(path, config, payload["state_dict"]), config, dict(payload.get("info") or {}), str(payload.get("photongap_version", "unknown"))
 
 
@@ -116,7 +116,7 @@ def _load_package(path: Path) -> tuple[GapUNet, ModelConfig, dict[str, Any], str
         raise PhotongapError(f"{path}: the package's pytorch_state_dict weights ({source}) are missing or unreadable") from None
     # The package's module wraps the network as its attribute `network`.
     state_dict = {key.removeprefix("network."): value for key, value in state.items() if key.startswith("network.")}
-    config = stored_model_config(stored.get("model_config"), f"{path}, model_config")
+    config = from_dict(ModelConfig, stored.get("model_config"), f"{path}, model_config")
     return _network(path, config, state_dict), config, dict(stored.get("info") or {}), str(stored.get("photongap_version", "unknown"))
 
 

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from photongap.config import DEFAULT_PATCH_DEPTH, ModelConfig, TrainConfig, depth_pools_for, dump_yaml, from_dict, load_yaml, stored_base, to_dict
+from photongap.config import DEFAULT_PATCH_DEPTH, ModelConfig, TrainConfig, depth_pools_for, dump_yaml, from_dict, load_yaml, to_dict
 from photongap.config import preset as preset_configs
 from photongap.data import GapDataModule, hold_out
 from photongap.errors import PhotongapError
@@ -164,7 +164,7 @@ def run_config(
         stored = run_dir / "config.yaml"
         if not stored.exists():
             raise PhotongapError(f"cannot resume: {stored} does not exist")
-        base, name = load_yaml(stored, stored_base()), stored_preset(run_dir / "last.ckpt")
+        base, name = load_yaml(stored), stored_preset(run_dir / "last.ckpt")
     else:
         name = preset_name or "default"
         base = preset_configs(name)
@@ -190,7 +190,7 @@ def run_config(
 def stored_dims(run_dir: str | Path) -> int | None:
     """The ``dims`` of the run stored in ``run_dir/config.yaml`` (None without one): how a resumed run reads its data."""
     stored = Path(run_dir) / "config.yaml"
-    return load_yaml(stored, stored_base())[0].dims if stored.exists() else None
+    return load_yaml(stored)[0].dims if stored.exists() else None
 
 
 def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.ndarray]) -> tuple[ModelConfig, TrainConfig]:
