@@ -197,15 +197,11 @@ def model_denoiser(model: Any, image: np.ndarray, device: str = "auto") -> Denoi
 
     A model trained with ``level_input`` reads that share; the whole image holds all of them.
     """
+    if not getattr(model.config, "level_input", False):
+        return lambda counts: model.denoise(counts, device=device)
     total = max(float(np.sum(image, dtype=np.float64)), 1.0)
     axes = tuple(range(-model.config.dims, 0))
-
-    def denoise(counts: np.ndarray) -> np.ndarray:
-        if not getattr(model.config, "level_input", False):
-            return model.denoise(counts, device=device)
-        return model.denoise(counts, device=device, fraction=np.sum(counts, axis=axes, dtype=np.float64) / total)
-
-    return denoise
+    return lambda counts: model.denoise(counts, device=device, fraction=np.sum(counts, axis=axes, dtype=np.float64) / total)
 
 
 def assessment_steps(fractions: Sequence[float], repeats: int) -> int:

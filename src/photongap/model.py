@@ -132,8 +132,7 @@ class GapModel:
         tile, overlap : int
             Tiles of ``tile`` px in Y and X (None: one pass). Each core keeps the network's
             receptive field of context (:attr:`contexts`, per axis), and at least
-            ``overlap // 2`` px, so tiled and untiled results agree; a tile too small for
-            that is enlarged.
+            ``overlap // 2`` px, so tiled and untiled results agree; a tile too small for that is enlarged.
         tile_depth : int or None
             3D only: windows of this many planes along ``D`` (enlarged to four margins of
             context like ``tile``; None: the whole depth in each window). A model trained on patches
@@ -162,10 +161,11 @@ class GapModel:
             tile=window_tile(self.config.dims, tile, tile_depth, shape[-3] if spatial == 3 else 0), overlap=overlap, multiple=self.config.size_multiples, context=self.contexts,
             batch_size=batch_size_for(device, batch_size, on_gpu=4), progress=progress,
         )
-        shares = np.broadcast_to(np.asarray(1.0 if fraction is None else fraction, dtype=np.float64), shape[:-spatial])
+        network = self.logits_fn(device, precision)  # a network told each image's share only where it reads one that was given
+        shares = None if fraction is None or not self.config.level_input else np.broadcast_to(np.asarray(fraction, dtype=np.float64), shape[:-spatial])
         window = depth_window(self.patch_depth, shape[-3]) if spatial == 3 else None
         for index in np.ndindex(*shape[:-spatial]):
-            network = self.logits_fn(device, precision, float(shares[index]))
+            network = network if shares is None else self.logits_fn(device, precision, float(shares[index]))
             plane = counts[index] if index else counts  # a lazy plane must not be read whole by [()]
             if window is not None:  # a thin-patch model: windows of its patch depth
                 denoise_in_windows(lambda volume: denoise_plane(network, volume, **options), plane, window, out, index)
