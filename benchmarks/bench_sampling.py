@@ -44,7 +44,10 @@ the ground-truth coverage of its samples; the pooled check also bin by bin (``..
 ``photongap sample --check-plot`` draws it) beside the truth's coverage and error-to-spread
 ratio in the same bins. Also the truth's coverage and mean rank within brightness classes of
 the MMSE (``rank_coverage_by_brightness``, ``mean_rank_by_brightness``: the darkest half of the
-pixels, the next 40%, 9% and the brightest 1%), and each image's pooled check sums
+pixels, the next 40%, 9% and the brightest 1%) and how the error is spread there
+(:func:`error_in_spreads`: ``error_to_spread_by_brightness``, 1 where the samples' variance
+matches the squared error; ``z2_median_by_brightness`` and ``beyond_3sd_by_brightness``, about
+0.48 and 0.9% for Gaussian posteriors, less and more where the error is in a few pixels), and each image's pooled check sums
 (``gt_free_check_binned_per_image``, to read the check other ways offline).
 
 (``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
@@ -274,11 +277,28 @@ def truth_by_brightness(samples: np.ndarray, truth: np.ndarray, mmse: np.ndarray
                      for k in range(len(BRIGHTNESS_CLASSES) + 1)], dtype=np.float64)
 
 
+def error_in_spreads(samples: np.ndarray, truth: np.ndarray, mmse: np.ndarray) -> list[np.ndarray]:
+    """Per brightness class of the MMSE, each pixel's ``(truth - mean)**2`` and the samples' variance ``s**2 (1 + 1/n)`` (the spread of one more draw).
+
+    Summed over a class their ratio is 1 for calibrated samples. Pixel by pixel, ``z**2`` (their
+    quotient) follows ``F(1, n - 1)`` for Gaussian posteriors: a median of 0.48 and 0.9% beyond
+    3 standard deviations at n = 16. Samples whose variance matches the error while the error
+    sits in a few pixels (a prior of sparse sources, per-pixel draws of the right variance) read
+    a lower median and more beyond 3, and their central 80% holds the truth too often.
+    """
+    n = samples.shape[0]
+    error = (truth - samples.mean(axis=0)) ** 2
+    spread = samples.var(axis=0, ddof=1) * (1 + 1 / n)
+    classes = np.digitize(mmse, np.quantile(mmse, BRIGHTNESS_CLASSES))
+    return [np.stack([error[classes == k], spread[classes == k]]) for k in range(len(BRIGHTNESS_CLASSES) + 1)]
+
+
 def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
     checks, truth_bins, bin_rng, binned = [], np.zeros((CHECK_BINS, 4)), np.random.default_rng(seed + 1), []
     brightness = np.zeros((len(BRIGHTNESS_CLASSES) + 1, 3))
+    spread_by_class: list[list[np.ndarray]] = [[] for _ in range(len(BRIGHTNESS_CLASSES) + 1)]
     rows: dict[str, list[float]] = {key: [] for key in ("mmse", "single", "mean", "mean_minus_mmse", "rank_coverage", "percentile_coverage", "gt_free_check", "gt_free_check_se", "gt_rank_coverage_of_check", "calls", "thinned_calls", "gain_calls", "gain", "seconds_per_sample")}
     for index, image in enumerate(clean_images):
         clean = clean_at_level(image, level)
@@ -295,6 +315,8 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         rows["rank_coverage"].append(rank_coverage_80(samples, clean, rng))
         rows["percentile_coverage"].append(percentile_coverage_80(samples, clean))
         brightness += truth_by_brightness(samples, clean, mmse, np.random.default_rng(seed + 2 + index))
+        for part, pixels in zip(spread_by_class, error_in_spreads(samples, clean, mmse)):
+            part.append(pixels)
         rows["calls"].append(posterior.network_calls)
         rows["thinned_calls"].append(posterior.thinned_calls)
         rows["gain_calls"].append(posterior.gain_calls)
@@ -333,6 +355,11 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
     # Calibration within brightness classes of the MMSE (darkest half, next 40%, next 9%, brightest 1%).
     summary["rank_coverage_by_brightness"] = [f"{value:.3f}" for value in brightness[:, 1] / brightness[:, 0]]
     summary["mean_rank_by_brightness"] = [f"{value:+.3f}" for value in brightness[:, 2] / brightness[:, 0]]
+    error, spread = zip(*(np.concatenate(part, axis=1) for part in spread_by_class))
+    z_squared = [e / np.maximum(v, np.finfo(np.float64).tiny) for e, v in zip(error, spread)]
+    summary["error_to_spread_by_brightness"] = [f"{e.sum() / v.sum():.2f}" for e, v in zip(error, spread)]
+    summary["z2_median_by_brightness"] = [f"{float(np.median(value)):.2f}" for value in z_squared]
+    summary["beyond_3sd_by_brightness"] = [f"{float(np.mean(value > 9)):.4f}" for value in z_squared]
     summary["gt_free_check_binned_per_image"] = binned  # each image's pooled BinnedErrors: other readings of the check, offline
     summary["gain_min"] = round(min(rows["gain"]), 3) if not math.isnan(rows["gain"][0]) else math.nan
     return summary
