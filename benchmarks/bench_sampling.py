@@ -216,23 +216,15 @@ SAMPLERS = {
 }
 
 
-def data_set(data: str, hubble: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(train, test)`` clean images of a data set (:func:`common.ground_truth`; ``hubble`` from the given file)."""
-    if data != "hubble":
-        return ground_truth(data)
-    arrays = dict(np.load(hubble))
-    return [[arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)] for prefix in ("train_", "test_")]
-
-
 def training_images(data: str, hubble: Path, level: float, seed: int = 0) -> list[np.ndarray]:
     """The noisy training images of a data set at ``level`` (as the models in the study were trained)."""
     rng = np.random.default_rng(seed)
-    return [simulate_counts(image, level, rng) for image in data_set(data, hubble)[0]]
+    return [simulate_counts(image, level, rng) for image in ground_truth(data, hubble)[0]]
 
 
 def test_images(data: str, hubble: Path, count: int) -> list[np.ndarray]:
     """``count`` held-out clean images, evenly spaced over the set (demo: 0, 4, 7; hubble: 0, 2, 3 for 3)."""
-    images = data_set(data, hubble)[1]
+    images = ground_truth(data, hubble)[1]
     picks = np.linspace(0, len(images) - 1, count).round().astype(int)
     return [images[i] for i in picks]
 
