@@ -77,14 +77,9 @@ PATCH_3D = 48
 """3D patches: 48 x 48 px (batches of 2 x 16 or 4 x 8 planes, about the 2D default's 65,536 voxels a step)."""
 
 
-def ground_truth(name: str) -> np.ndarray:
-    """The clean stack ``(D, Y, X)`` float32 (:func:`common.napari_stack`)."""
-    return napari_stack(name)
-
-
 def split(name: str, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noisy training volume, noisy test volume, clean test volume (photons/px ``level`` over the stack)."""
-    clean = clean_at_level(ground_truth(name), level)
+    clean = clean_at_level(napari_stack(name), level)
     held_out = DATA[name][1]
     train_volume = np.random.default_rng(0).poisson(clean[:-held_out]).astype(np.float32)
     test_volume = np.random.default_rng(1).poisson(clean[-held_out:]).astype(np.float32)
@@ -171,7 +166,7 @@ def similarity(args: argparse.Namespace) -> None:
     """
     results = {}
     for name in args.data:
-        clean = ground_truth(name)
+        clean = napari_stack(name)
         depth = len(clean)
         within = (clean[:, :-2, 1:-1] + clean[:, 2:, 1:-1] + clean[:, 1:-1, :-2] + clean[:, 1:-1, 2:]) / 4
         results[name] = {

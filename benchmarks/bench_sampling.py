@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import DATA_SETS, OUTPUT, ContiguousModel, demo_split, ground_truth, report
+from common import DATA_SETS, HUBBLE, OUTPUT, ContiguousModel, demo_split, ground_truth, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.physics import split_counts
@@ -83,7 +83,6 @@ from photongap.posterior_check import CHECK_BINS, CHECK_FRACTION, CHECK_SPLITS, 
 from photongap.sample_data import clean_at_level, psnr, simulate_counts
 from photongap.schedule import FAST_SCHEDULE, PhotonSchedule
 
-HUBBLE = Path(__file__).resolve().parent / "data" / "hubble_deep_field.npz"
 """The second real data set: scikit-image's Hubble deep field (see data/make_hubble.py)."""
 
 # "model": which trained model (a preset); "samples": per call of GapModel.sample; "batch":
