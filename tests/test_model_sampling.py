@@ -285,6 +285,35 @@ def test_the_estimated_gain_of_a_pixelwise_denoiser_is_one(tiny_model, monkeypat
     assert abs(tiny_model.estimate_gain(counts, repeats=4, device="cpu") - 1.0) < 0.05
 
 
+def test_samples_say_whether_the_held_out_photons_resolved_the_gain_and_sample_file_warns_where_not(tiny_model, tmp_path, monkeypatch):
+    """A network that knows the clean image makes almost no error: the held-out photons cannot resolve
+    it, the samples say so, and sample_file names the planes in a note. One that only counts each
+    pixel's own photons makes a Poisson error they resolve."""
+    from photongap.io import read_image, write_image
+    from photongap.pipeline import sample_file
+
+    tiny_model.info = {"trained_range": [-10.0, 30.0]}
+    clean = np.linspace(2.0, 20.0, 64 * 64).reshape(64, 64)
+    counts = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    knowing = lambda *args, **kwargs: lambda batch: torch.log(torch.from_numpy(clean).float()).expand_as(batch)
+    pixelwise = lambda *args, **kwargs: lambda batch: torch.log(batch.clamp_min(1e-3))
+    options = dict(target_psnr=30.0, device="cpu")
+    monkeypatch.setattr(tiny_model, "_sampling_logits_fn", pixelwise)
+    assert tiny_model.sample(counts, 2, **options).gain_resolved is True
+    assert tiny_model.sample(counts, 2, gain=5.0, **options).gain_resolved is None
+    monkeypatch.setattr(tiny_model, "_sampling_logits_fn", knowing)
+    assert tiny_model.sample(counts, 2, **options).gain_resolved is False
+
+    stack = write_image(tmp_path / "stack.tif", np.stack([counts, counts]), "ZYX")
+    targets = [tmp_path / f"stack_{kind}.tif" for kind in ("samples", "mean", "std")]
+    sampled = sample_file(tiny_model, read_image(stack), targets, n=2, **options)
+    assert sampled.paths == targets and sampled.units == 2 and len(sampled.unresolved) == 2
+    assert "on 2 of 2 planes the held-out photons were too few" in sampled.note("stack.tif")
+    monkeypatch.setattr(tiny_model, "_sampling_logits_fn", pixelwise)
+    again = sample_file(tiny_model, read_image(stack), targets, n=2, overwrite=True, **options)
+    assert again.unresolved == [] and again.note("stack.tif") is None
+
+
 def test_final_mean_is_the_mean_of_the_final_predictive(tiny_model, poisson_image):
     tiny_model.info = {"trained_range": [-3.0, -0.2]}
     counts = poisson_image((32, 32), 1.0)

@@ -246,8 +246,11 @@ def test_sample_posterior_adds_samples_mean_and_std(viewer, qtbot, model_file):
     np.testing.assert_allclose(mean.data, samples.data.mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(std.data, samples.data.std(axis=0, ddof=1), rtol=1e-3, atol=1e-5)
     assert std.colormap.name == "inferno" and std.contrast_limits[0] == 0.0
-    # The same seed gives the library's samples.
-    np.testing.assert_allclose(samples.data, GapModel.load(model_file).sample(data, 3, seed=0, device="cpu").samples, rtol=1e-5)
+    # The same seed gives the library's samples, and the status says what the library says of the gain.
+    library = GapModel.load(model_file).sample(data, 3, seed=0, device="cpu")
+    np.testing.assert_allclose(samples.data, library.samples, rtol=1e-5)
+    assert library.gain_resolved is not None
+    assert ("held-out photons were too few" in widget.status.text()) == (not library.gain_resolved)
 
 
 def test_generate_adds_a_stack(viewer, qtbot, model_file):

@@ -293,7 +293,7 @@ class GapModel:
             The Dirichlet sampler's ``g``, one for the whole image. Default: measured on ``counts``
             (:meth:`estimate_gain`) and spread over the image as the network's own variance is
             (:meth:`gain_map`): 31 network calls per image (49 per volume), once for all samples, reported as
-            ``gain_calls``. (The model file's ``info["posterior_gain"]`` is not used: the gain
+            ``gain_calls``, and whether the held-out photons resolved it as ``gain_resolved``. (The model file's ``info["posterior_gain"]`` is not used: the gain
             varied up to fivefold between the images of one data set.)
         final : {"draw", "mean"}
             The Dirichlet sampler's sample: a draw from the final predictive, or its mean.
@@ -335,7 +335,7 @@ class GapModel:
             stop = StopRule(target_psnr=DEFAULT_TARGET_PSNR)
         warn_outside_trained(self.trained_range(), start_db, None, LEVEL_TOLERANCE_DB, "sampling")
         warn_level_input(self.config.level_input)
-        gain_calls = 0
+        gain_calls, resolved = 0, None
         if gain is None:
             # Measured on this image (on one data set's held-out images it ranged from 4 to 20), with its own
             # seed stream, so that the samples of one seed do not depend on whether it was given.
@@ -348,7 +348,7 @@ class GapModel:
         result = accumulate_photons(
             network, start, scale_to=total, schedule=schedule or FAST_SCHEDULE, stop=stop, generator=generator, on_step=on_step, posterior=posterior
         )
-        return PosteriorSamples.from_result(result, gain=float(gain), gain_calls=gain_calls)
+        return PosteriorSamples.from_result(result, gain=float(gain), gain_calls=gain_calls, gain_resolved=resolved)
 
     def generate(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -150,6 +150,38 @@ def sample_axis(axes: str) -> str:
     return next(letter for letter in "TCZ" if letter not in axes)
 
 
+class SampledFile(NamedTuple):
+    """What :func:`sample_file` wrote: the ``paths``, the network ``calls`` per sample (of the last
+    plane), and of its ``units`` planes (volumes, for a 3D model) the ``unresolved`` ones, named, whose
+    held-out photons were too few to measure the network's error
+    (:attr:`photongap.sampling.PosteriorSamples.gain_resolved`)."""
+
+    paths: list[Path]
+    calls: int
+    unresolved: list[str]
+    units: int
+    unit: str = "plane"
+
+    def summary(self, name: str, n: int) -> str:
+        """One line for a person: what was sampled and written."""
+        return f"sampled {name}: {n} samples, {self.calls} network calls each -> {', '.join(path.name for path in self.paths)}"
+
+    def note(self, name: str) -> str | None:
+        """A warning line where the samples' spread rests on the network's own belief; None where every plane's was measured."""
+        note = unresolved_gain_note(len(self.unresolved), self.units, self.unit)
+        return None if note is None else f"note on {name}: {note}"
+
+
+def unresolved_gain_note(unresolved: int, units: int, unit: str = "plane") -> str | None:
+    """What to tell a person when ``unresolved`` of ``units`` planes (or volumes) had too few held-out photons for the gain; None if none."""
+    if not unresolved:
+        return None
+    where = f"{unresolved} of {units} {unit}s" if units > 1 else f"this {unit}"
+    return (f"on {where} the held-out photons were too few to measure the network's error, so the samples' spread "
+            "rests on the network's own estimate of it, which can be off twofold on dim images (a --check pooled over "
+            "many planes or images tells whether it holds)")
+
+
 def sample_file(
     model: GapModel,
     image: Image,
@@ -161,7 +193,7 @@ def sample_file(
     overwrite: bool = False,
     on_plane: Callable[[tuple[int, ...]], None] | None = None,
     **sample_options: Any,
-) -> tuple[list[Path], int]:
+) -> SampledFile:
     """Posterior samples of every plane into ``targets``: the samples (n, ...), their mean and their std.
 
     :func:`photongap.io.output_paths` names them (``NAME_samples.tif``, ``NAME_mean.tif``,
@@ -179,13 +211,17 @@ def sample_file(
     samples = np.empty((n, *shape), dtype=np.float32)
     mean = np.empty(shape, dtype=np.float32)
     std = np.empty(shape, dtype=np.float32)
-    calls = 0
+    calls, unresolved, units = 0, [], 0
     for index, plane in units_of(model, image):
         if on_plane is not None:
             on_plane(index)
-        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, plane_name(image, index))[(slice(None),) * plane.ndim], n, **sample_options)
+        name = plane_name(image, index)
+        posterior: PosteriorSamples = model.sample(CountsView(plane, camera, name)[(slice(None),) * plane.ndim], n, **sample_options)
         samples[(slice(None), *index)] = posterior.samples
         mean[index], std[index], calls = posterior.mean, posterior.std, posterior.network_calls
+        units += 1
+        if posterior.gain_resolved is False:
+            unresolved.append(name)
     samples, mean = camera.output(samples, output_units), camera.output(mean, output_units)
     std = camera.output(std, output_units, spread=True)
     description = f"photongap posterior sampling (GAP), {n} samples, {camera.describe(output_units)}"
@@ -195,7 +231,7 @@ def sample_file(
         write_image(targets[1], mean, axes, like=image, description=description + "; mean of the samples", overwrite=overwrite),
         write_image(targets[2], std, axes, like=image, description=description + "; per-pixel standard deviation", overwrite=overwrite),
     ]
-    return paths, calls
+    return SampledFile(paths, calls, unresolved, units, "volume" if model.config.dims == 3 else "plane")
 
 
 def _stacked(paths: Sequence[Path], axes: str | None) -> np.ndarray:

@@ -224,7 +224,7 @@ def sample(
     checks = []
     for number, (image, outputs) in enumerate(zip(images, targets)):
         with sampling_progress(f"sampling {image.path.name}", target_psnr, recorder if number == 0 else None) as on_step:
-            written, calls = sample_file(
+            sampled = sample_file(
                 network,
                 image,
                 outputs,
@@ -236,7 +236,9 @@ def sample(
                 **options,
                 **common,
             )
-        console.print(f"[green]sampled[/] {image.path.name}: {n} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
+        console.print(f"[green]{sampled.summary(image.path.name, n)}[/]")
+        if (note := sampled.note(image.path.name)) is not None:
+            console.print(f"[yellow]{note}[/]")
         for index, unit in units_of(network, image) if check else ():
             result = check_calibration(network, CountsView(unit, camera, str(image.path))[(slice(None),) * unit.ndim], max(n, 4), splits=check_splits, **options, **common)
             position = tuple(key for key in index if not isinstance(key, slice))

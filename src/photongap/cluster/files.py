@@ -20,6 +20,7 @@ from photongap.camera import Camera
 from photongap.cluster.setup import cached_model, worker_device
 
 if TYPE_CHECKING:
+    from photongap.pipeline import SampledFile
     from photongap.posterior_check import CalibrationCheck
 
 
@@ -33,7 +34,7 @@ def denoise_task(model_path: str, source: Path, target: Path, axes: str | None, 
 
 def sample_task(
     model_path: str, source: Path, targets: Sequence[Path], axes: str | None, camera: Camera, device: str, n: int, check: int, options: dict[str, Any]
-) -> tuple[list[Path], int, list[tuple[tuple[int, ...], CalibrationCheck]]]:
+) -> tuple[SampledFile, list[tuple[tuple[int, ...], CalibrationCheck]]]:
     """On a worker: posterior samples of one file (see :func:`photongap.pipeline.sample_file`), and the ``--check`` of each plane (volume, for a 3D model) from ``check`` splits (0: none)."""
     from photongap.camera import CountsView
     from photongap.pipeline import read_images, sample_file, units_of
@@ -41,13 +42,13 @@ def sample_task(
 
     model, device = cached_model(model_path), worker_device(device)
     image = read_images([source], axes, camera)[0]
-    written, calls = sample_file(model, image, targets, n=n, camera=camera, overwrite=True, device=device, **options)
+    sampled = sample_file(model, image, targets, n=n, camera=camera, overwrite=True, device=device, **options)
     sample_options = {key: value for key, value in options.items() if key != "output_units"}
     coverage = [
         (index, check_calibration(model, CountsView(unit, camera, str(source))[(slice(None),) * unit.ndim], max(n, 4), splits=check, device=device, **sample_options))
         for index, unit in (units_of(model, image) if check else ())
     ]
-    return written, calls, coverage
+    return sampled, coverage
 
 
 @dataclass
@@ -81,9 +82,11 @@ class FileJob:
     def finished(self, client: Client, future: Future) -> list[Future]:
         value = future.result()
         if self.function is sample_task:
-            written, calls, coverage = value
-            self._written = list(written)
-            self.notes.append(f"sampled {self.source.name}: {self.samples} samples, {calls} network calls each -> {', '.join(p.name for p in written)}")
+            sampled, coverage = value
+            self._written = list(sampled.paths)
+            self.notes.append(sampled.summary(self.source.name, self.samples))
+            if (note := sampled.note(self.source.name)) is not None:
+                self.notes.append(note)
             for index, check in coverage:
                 name = f"{self.source.name} plane {index}" if index else self.source.name
                 self.notes.append(check.summary(name))

@@ -64,6 +64,7 @@ class SampleWidget(JobWidget):
 
         def work(report, cancel) -> Any:
             from photongap.model import GapModel
+            from photongap.pipeline import unresolved_gain_note
 
             report((None, "reading the model and the layer…"))
             model = GapModel.load(model_path)
@@ -74,6 +75,7 @@ class SampleWidget(JobWidget):
             parts = [((), counts.counts)] if volumes else counts.planes()
             samples = np.empty((n, *counts.counts.shape), dtype=np.float32)
             mean, std = np.empty_like(counts.counts), np.empty_like(counts.counts)
+            unresolved = 0
             for number, (index, part) in enumerate(parts):
                 start, target = level_db(float(part.mean())), sampling_target_db(model, part)
                 where = f" plane {number + 1} / {len(parts)}" if len(parts) > 1 else ""
@@ -86,12 +88,14 @@ class SampleWidget(JobWidget):
 
                 posterior = model.sample(part, n, on_step=on_step, **options, **(with_axes(model.sample, counts.axes) if volumes else {}))
                 samples[(slice(None), *index)], mean[index], std[index] = posterior.samples, posterior.mean, posterior.std
+                unresolved += posterior.gain_resolved is False
             samples, mean = camera.output(samples, "photons"), camera.output(mean, "photons")
             std = camera.output(std, "photons", spread=True)
-            return counts.to_layer(samples, leading=1), counts.to_layer(mean), counts.to_layer(std)
+            note = unresolved_gain_note(unresolved, len(parts), "volume" if volumes else "plane")
+            return counts.to_layer(samples, leading=1), counts.to_layer(mean), counts.to_layer(std), f" Note: {note}." if note else ""
 
-        def add(result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-            samples, mean, std = result
+        def add(result: tuple[np.ndarray, np.ndarray, np.ndarray, str]) -> None:
+            samples, mean, std, note = result
             colormap = source.colormap.name
             top = float(np.percentile(std, 99.5)) or 1.0
             for data, tag, options in (
@@ -102,6 +106,6 @@ class SampleWidget(JobWidget):
                 leading = options.pop("leading", None)
                 layer, meta, _ = result_layer(source, data, tag, leading=leading, **options)
                 self.viewer.add_image(layer, **meta)
-            self.set_status(f"{n} samples of {source.name}: '{source.name} [std]' is the uncertainty ({UNCERTAINTY_COLORMAP}: dark = samples agree, bright = they differ)")
+            self.set_status(f"{n} samples of {source.name}: '{source.name} [std]' is the uncertainty ({UNCERTAINTY_COLORMAP}: dark = samples agree, bright = they differ).{note}")
 
         return work, add

@@ -114,6 +114,11 @@ class PosteriorSamples:
     gain_calls : int
         Network calls spent estimating ``g`` from the image, once for all samples (0 when
         given or read from the model file).
+    gain_resolved : bool or None
+        Whether the image's held-out photons resolved the network's error, so that ``g`` is
+        measured; False: they were too few, and the samples' total spread rests on the network's
+        own estimate of its error where that is the larger (see
+        :func:`photongap.sampling.gain.spread_gain`). None: ``g`` was given, or the plain loop.
     """
 
     samples: np.ndarray
@@ -124,13 +129,14 @@ class PosteriorSamples:
     thinned_calls: int = 0
     gain: float | None = None
     gain_calls: int = 0
+    gain_resolved: bool | None = None
 
     @classmethod
-    def from_result(cls, result: SamplingResult, gain: float | None = None, gain_calls: int = 0) -> PosteriorSamples:
+    def from_result(cls, result: SamplingResult, gain: float | None = None, gain_calls: int = 0, gain_resolved: bool | None = None) -> PosteriorSamples:
         samples = result.samples[:, 0].float().cpu().numpy()
         std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(samples[0])
         thinned = 0 if result.thinned_per_sample is None else int(result.thinned_per_sample.max())
-        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls, thinned, gain, gain_calls)
+        return cls(samples, samples.mean(axis=0), std.astype(np.float32), result.steps, result.network_calls, thinned, gain, gain_calls, gain_resolved)
 
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
