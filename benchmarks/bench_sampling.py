@@ -83,8 +83,6 @@ from photongap.posterior_check import CHECK_BINS, CHECK_FRACTION, CHECK_SPLITS, 
 from photongap.sample_data import clean_at_level, psnr, simulate_counts
 from photongap.schedule import FAST_SCHEDULE, PhotonSchedule
 
-"""The second real data set: scikit-image's Hubble deep field (see data/make_hubble.py)."""
-
 # "model": which trained model (a preset); "samples": per call of GapModel.sample; "batch":
 # images per network call (None: the default).
 PUBLISHED = {"samples": 1, "batch": 1, "precision": "fp32", "layout": "contiguous", "schedule": PhotonSchedule(beta=0.1)}
