@@ -13,6 +13,7 @@ from photongap.errors import PhotongapError
 from photongap.runtime import batch_size_for
 from photongap.schedule import PhotonSchedule
 from photongap.sampling import StepState
+from photongap.sampling.gain import held_out_gain, sampler_gain, spread_gain
 
 
 def level_db(counts: np.ndarray) -> float:
@@ -269,7 +270,12 @@ def test_the_gain_comes_from_the_argument_else_the_image(tiny_model, poisson_ima
     assert max(seen[:6]) < 0.5 * top * 1.1 and 0.7 * top * 0.9 < min(seen[6:12]) < 0.7 * top * 1.1
     assert seen[12] == pytest.approx(top * top / (top + 1 / 72), rel=0.05)
     assert all(probed - seen[12] == pytest.approx(1 / 72, rel=0.25) for probed in seen[13:31])
-    assert estimated.gain >= tiny_model.estimate_gain(counts, seed=1_000_003, device="cpu", precision="fp32") and estimated.gain != 7.5
+    # The gain is sampler_gain's, from this image's held-out errors (its own seed stream) and the network's own gain.
+    logits = tiny_model._sampling_logits_fn(torch.device("cpu"), "fp32", None, None, counts.shape)
+    held_out = held_out_gain(counts, logits, tiny_model.trained_range(), seed=1_000_003, device=torch.device("cpu"))
+    _, own = spread_gain(counts, None, logits, tiny_model.trained_range(), seed=1_000_003, device=torch.device("cpu"))
+    assert estimated.gain == pytest.approx(sampler_gain(held_out, own), rel=1e-6) and estimated.gain != 7.5
+    assert estimated.gain_resolved == held_out.resolved
     # The gain sets the spread: a larger g, narrower samples.
     wide = tiny_model.sample(counts, 8, gain=1.0, device="cpu", precision="fp32")
     narrow = tiny_model.sample(counts, 8, gain=100.0, device="cpu", precision="fp32")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from photongap.posterior import GAIN_SLOPE_PRIOR, dirichlet_predictive, gain_at_level
+from photongap.posterior import GAIN_SLOPE_PRIOR, OWN_GAIN_SD, dirichlet_predictive, gain_at_level, gain_given_prior
 from photongap.robbins import ROBBINS_WINDOW, in_plane_mean, probe_halves, read_grid, robbins_gain_map, robbins_lattice, self_response
-from photongap.sampling.gain import spread_gain
+from photongap.sampling.gain import HeldOutGain, sampler_gain, spread_gain
 from photongap.posterior_check import spread_skill
 from photongap.sample_data import psnr
 
@@ -69,6 +69,54 @@ def test_gain_at_level_weighs_gains_by_their_noise_and_falls_back_on_the_prior_s
     assert gain_at_level([(0.5, 20.0, 0.05), (0.7, 4 * 20.0 * 1.4**-mean, 0.05)], 1.0) > 1.5 * trusted
 
 
+def held_out_points(gain: float, slope: float, noise: float, rng: np.random.Generator | None = None, level: float = 0.95, typical: float | None = None) -> tuple:
+    """``(q, S, E, s)`` at q = 0.5 and 0.7 of ``level`` for a network of ``gain`` at ``level``.
+
+    ``s`` is ``noise`` times the error of a network of gain ``typical`` (default ``gain``): the
+    held-out photons' noise, which does not depend on the network's error."""
+    points = []
+    for q in (0.5 * level, 0.7 * level):
+        photons = 6000.0 * q
+        error, scale = (photons / (value * (q / level) ** -slope) for value in (gain, typical or gain))
+        points.append((q, photons, error + (0.0 if rng is None else rng.normal(0, noise * scale)), noise * scale))
+    return tuple(points)
+
+
+def test_a_prior_gain_follows_precise_held_out_errors_and_stays_where_they_are_noise():
+    precise = held_out_points(20.0, GAIN_SLOPE_PRIOR[0], 1e-4)
+    assert gain_given_prior(precise, 0.95, prior=5.0) == pytest.approx(20.0, rel=0.01)
+    assert gain_given_prior(precise, 0.95, prior=80.0) == pytest.approx(20.0, rel=0.01)
+    assert gain_given_prior(held_out_points(20.0, 0.75, 1e4), 0.95, prior=5.0) == pytest.approx(5.0, rel=0.01)
+    # Errors lost in noise of their own size, even negative ones, say the error is small: the gain rises
+    # above the prior, but stays finite, where their ratio S / E would be infinite or negative.
+    lost = tuple((q, S, -0.5 * s, s) for q, S, _, s in held_out_points(5.0, 0.75, 1.0))
+    assert 5.0 < gain_given_prior(lost, 0.95, prior=5.0) < 5.0 * math.exp(3 * OWN_GAIN_SD)
+    with pytest.raises(ValueError, match="positive prior"):
+        gain_given_prior(precise, 0.95, prior=0.0)
+
+
+def test_on_dim_images_the_sampler_gain_beats_both_the_held_out_and_the_own_gain_without_bias():
+    """Draws as on a dim image: the network's own gain off by OWN_GAIN_SD, held-out errors as noisy as they are large.
+    The held-out gain alone is then noisier than the own (its floor at one standard error biases it), and
+    sampler_gain, which weighs the two, has the smaller error of the three, and no bias (the posterior mean)."""
+    rng = np.random.default_rng(0)
+    errors = {"used": [], "held_out": [], "own": []}
+    for _ in range(300):
+        own, slope = 30.0, float(np.clip(rng.normal(*GAIN_SLOPE_PRIOR), 0, 1))
+        true = own * math.exp(rng.normal(0, OWN_GAIN_SD))
+        held_out = HeldOutGain(held_out_points(true, slope, 0.6, rng, typical=own), 0.95)
+        assert not held_out.resolved or held_out.points[0][2] >= 4 * held_out.points[0][3]
+        errors["used"].append(math.log(sampler_gain(held_out, own) / true))
+        errors["held_out"].append(math.log(held_out.gain / true))
+        errors["own"].append(math.log(own / true))
+    rms = {key: float(np.sqrt(np.mean(np.square(values)))) for key, values in errors.items()}
+    assert rms["used"] < 0.9 * min(rms["held_out"], rms["own"]), rms  # 0.26 against 0.39 and 0.30
+    assert abs(np.mean(errors["used"])) < 3 * np.std(errors["used"]) / math.sqrt(300), np.mean(errors["used"])
+    # A resolved held-out gain is used alone.
+    resolved = HeldOutGain(held_out_points(20.0, 0.75, 0.1), 0.95)
+    assert resolved.resolved and sampler_gain(resolved, 80.0) == resolved.gain
+
+
 def test_the_gain_is_measured_at_the_level_the_sampler_runs_the_network(exact_model):
     clean, counts = scene(0, (128, 128))
     expected = 1 + K / float(counts.mean())  # at the full level: the top of the trained range
@@ -118,7 +166,7 @@ def test_the_check_tracks_the_coverage_of_a_calibrated_and_of_a_too_narrow_sampl
 def test_the_gain_map_of_the_exact_network_is_its_true_gain_everywhere(exact_model):
     """Robbins' identity: the network's response to one more photon gives its posterior variance."""
     _, counts = scene(5, (128, 128))
-    gain_map, gain = exact_model.gain_map(counts, 1.0, at_least=True, device="cpu")  # 1.0: a bound the map exceeds
+    gain_map, gain = exact_model.gain_map(counts, None, device="cpu")  # None: the network's own
     expected = 1 + K / float(counts.mean())
     assert gain == pytest.approx(expected, rel=0.05)
     assert float(gain_map.min()) > 0.85 * expected and float(gain_map.max()) < 1.15 * expected

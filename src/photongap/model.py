@@ -26,7 +26,7 @@ from photongap.runtime import LogitsFn, batch_size_for, logits_fn, resolve_devic
 from photongap.schedule import DEFAULT_TARGET_PSNR, FAST_SCHEDULE, PUBLISHED_SCHEDULE, PhotonSchedule
 from photongap.sampling import DirichletPosterior, PosteriorSamples, StepState, StopRule, accumulate_photons, generate
 from photongap.sampling.stop import LEVEL_TOLERANCE_DB, warn_level_input, warn_outside_trained
-from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, SamplerNetwork, held_out_gain, spread_calls, spread_gain
+from photongap.sampling.gain import GAIN_FRACTIONS, GAIN_REPEATS, HeldOutGain, SamplerNetwork, held_out_gain, spread_calls, spread_gain
 from photongap.tiling import denoise_plane, image_logits_fn, plan_tiles, window_tile
 
 GENERATION_TOLERANCE_DB = 10.0
@@ -212,29 +212,28 @@ class GapModel:
         """
         device = resolve_device(device)
         own = self._sampler_network(np.asarray(counts, dtype=np.float32), device, precision, None, tile)
-        return held_out_gain(counts, logits or own.logits, own.trained, fractions=fractions, repeats=repeats, seed=seed, device=device, at_share=None if logits else own.at_share)[0]
+        return held_out_gain(counts, logits or own.logits, own.trained, fractions=fractions, repeats=repeats, seed=seed, device=device, at_share=None if logits else own.at_share).gain
 
     def gain_map(
         self,
         counts: np.ndarray,
-        gain: float,
+        gain: float | HeldOutGain | None,
         *,
         seed: int = 0,
         logits: LogitsFn | None = None,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
         tile: int | None = DEFAULT_SAMPLE_TILE,
-        at_least: bool = False,
     ) -> tuple[torch.Tensor, float]:
         """The gain ``gain`` spread over the image as the network's own variance is: 19 network calls (37 for a volume).
 
         :func:`photongap.sampling.gain.spread_gain`: the map ``(1, 1, Y, X)`` float64 on
-        ``device``, and the overall gain it was scaled to (with ``at_least``, the network's own
-        where that is higher than ``gain``, a lower bound).
+        ``device``, and the overall gain it was scaled to (``gain`` None: the network's own; held-out
+        errors: :func:`photongap.sampling.gain.sampler_gain`'s).
         """
         device = resolve_device(device)
         own = self._sampler_network(np.asarray(counts, dtype=np.float32), device, precision, None, tile)
-        return spread_gain(counts, gain, logits or own.logits, own.trained, seed=seed, device=device, at_least=at_least, at_share=None if logits else own.at_share)
+        return spread_gain(counts, gain, logits or own.logits, own.trained, seed=seed, device=device, at_share=None if logits else own.at_share)
 
     def sample(
         self,
@@ -291,8 +290,8 @@ class GapModel:
             softmax (the same method as :meth:`denoise`).
         gain : float, optional
             The Dirichlet sampler's ``g``, one for the whole image. Default: measured on ``counts``
-            (:meth:`estimate_gain`) and spread over the image as the network's own variance is
-            (:meth:`gain_map`): 31 network calls per image (49 per volume), once for all samples, reported as
+            (:meth:`estimate_gain`; where too noisy, it updates the network's own) and spread over the
+            image as the network's own variance is (:meth:`gain_map`): 31 network calls per image (49 per volume), once for all samples, reported as
             ``gain_calls``, and whether the held-out photons resolved it as ``gain_resolved``. (The model file's ``info["posterior_gain"]`` is not used: the gain
             varied up to fivefold between the images of one data set.)
         final : {"draw", "mean"}
@@ -339,8 +338,9 @@ class GapModel:
         if gain is None:
             # Measured on this image (on one data set's held-out images it ranged from 4 to 20), with its own
             # seed stream, so that the samples of one seed do not depend on whether it was given.
-            gain, resolved = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device, at_share=at_share)
-            spread, gain = spread_gain(counts, gain, network, trained, seed=seed + 1_000_003, device=device, at_least=not resolved, at_share=at_share)
+            held_out = held_out_gain(counts, network, trained, seed=seed + 1_000_003, device=device, at_share=at_share)
+            spread, gain = spread_gain(counts, held_out, network, trained, seed=seed + 1_000_003, device=device, at_share=at_share)
+            resolved = held_out.resolved
             gain_calls = len(GAIN_FRACTIONS) * GAIN_REPEATS + spread_calls(counts.ndim)
         else:
             spread = float(gain)

@@ -177,8 +177,8 @@ def unresolved_gain_note(unresolved: int, units: int, unit: str = "plane") -> st
     if not unresolved:
         return None
     where = f"{unresolved} of {units} {unit}s" if units > 1 else f"this {unit}"
-    return (f"on {where} the held-out photons were too few to measure the network's error, so the samples' spread "
-            "rests on the network's own estimate of it, which can be off twofold on dim images (a --check pooled over "
+    return (f"on {where} the held-out photons were too few to measure the network's error alone, so the samples' spread "
+            "rests mostly on the network's own estimate of it, which can be off twofold on dim images (a --check pooled over "
             "many planes or images tells whether it holds)")
 
 

@@ -146,7 +146,7 @@ def plot_calibration_check(checks: Sequence[tuple[str, CalibrationCheck]], path:
     the only check. Bins of calibrated samples lie in the band
     around the nominal coverage; too wide, above it; too narrow, below it. A bin's reading is its
     error-to-spread ratio put as a Gaussian's coverage: it says whether the samples' variance is
-    right there, not their shape (README, known limits).
+    right there, not their shape (docs/known-limits.md).
     """
     from photongap.posterior_check import CHECK_RESOLUTION
 

@@ -24,7 +24,7 @@ pools :data:`CHECK_SPLITS` splits of each image, and checks pool further over th
 stack or over several images (:func:`pool_checks`; bin ``k`` then holds the ``k``-th tenth of
 every image's pixels by predicted variance). Noise also biases the reading: a bin whose samples
 are too wide reads near 1, and noise in its error can only pull it down, so samples a little too
-wide read low where the held-out photons are few (at 0.1 photons/px, README, known limits).
+wide read low where the held-out photons are few (at 0.1 photons/px, docs/known-limits.md).
 (Per-pixel PIT values of ``b`` are no check: ``b``'s own Poisson noise swamps the posterior
 spread of a network that pools neighbours.) It checks the sampler at the level of
 ``a``, not of ``x``, reads a few points low on grossly biased samples, and about five points
@@ -32,7 +32,7 @@ high on samples six times too narrow (their shape is then far from Gaussian). Bi
 reads the samples' variance, not their shape: on the benchmark's images at 1 photon/px it
 followed the truth's coverage in every bin within 1.6 standard errors, but in a bin whose
 errors are heavy-tailed (true error 1.12 times the spread, truth inside 83% of the time) it read
-79% ± 2, as a Gaussian would (README, known limits).
+79% ± 2, as a Gaussian would (docs/known-limits.md).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ per-pixel gain map (benchmarks/bench_sampling.py). The held-out ``b`` is then no
 weight grows as ``p / (1 - p)``): at 0.1 photons/px it holds too few photons, the check's
 standard error on one 256 px image is 4.4-8.0 points even with :data:`CHECK_SPLITS` splits, and
 it mostly says it cannot tell; where it said it could (standard errors 4.6-4.9) it was off by up
-to 10 points, mostly low (README, known limits)."""
+to 10 points, mostly low (docs/known-limits.md)."""
 CHECK_BINS = 10
 """Bins of predicted variance."""
 CHECK_SPLITS = 4

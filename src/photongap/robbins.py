@@ -30,7 +30,7 @@ variation was 0.60-0.64 from 3 px lattices and 1.01-1.17 from 6 px ones, both re
 (0.50-0.75 and 0.50-0.89 at 1 photon/px). With this lattice, grid and :data:`ROBBINS_WINDOW` the
 samples covered the truth at 84.0, 85.3 and 79.6% (three draws of the demo data at 0.1
 photons/px; 86.6, 88.0 and 84.2% from 3 px lattices read at every pixel), 85.6-87.0% on the
-Hubble field (86.4-87.5%) and 80.1% on the time-lapse's volumes (89.6%; README, Known limits).
+Hubble field (86.4-87.5%) and 80.1% on the time-lapse's volumes (89.6%; docs/known-limits.md).
 The two halves of each lattice cancel the neighbours' spread from the self-response in
 expectation (:func:`self_response`), and fewer neighbours within the network's reach (5-15 px
 at 0.1 photons/px) also make each reading less noisy.

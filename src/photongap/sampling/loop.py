@@ -116,9 +116,9 @@ class PosteriorSamples:
         given or read from the model file).
     gain_resolved : bool or None
         Whether the image's held-out photons resolved the network's error, so that ``g`` is
-        measured; False: they were too few, and the samples' total spread rests on the network's
-        own estimate of its error where that is the larger (see
-        :func:`photongap.sampling.gain.spread_gain`). None: ``g`` was given, or the plain loop.
+        measured; False: they were too few, and the samples' total spread rests mostly on the
+        network's own estimate of its error, which they only adjust (see
+        :func:`photongap.sampling.gain.sampler_gain`). None: ``g`` was given, or the plain loop.
     """
 
     samples: np.ndarray

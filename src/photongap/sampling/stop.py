@@ -145,7 +145,7 @@ def warn_outside_trained(trained: tuple[float, float] | None, start_db: float, t
 
 
 def warn_level_input(level_input: bool) -> None:
-    """Warn that the posterior samples of a ``level_input`` model are not calibrated (README, Known limits)."""
+    """Warn that the posterior samples of a ``level_input`` model are not calibrated (docs/known-limits.md)."""
     if level_input:
         warnings.warn(
             "this model reads its input's share of the acquisition (model.level_input), and its samples' spread was measured too narrow "
