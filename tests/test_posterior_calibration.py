@@ -96,7 +96,7 @@ def test_a_prior_gain_follows_precise_held_out_errors_and_stays_where_they_are_n
 
 
 def test_on_dim_images_the_sampler_gain_beats_both_the_held_out_and_the_own_gain_without_bias():
-    """Draws as on a dim image: the network's own gain off by OWN_GAIN_SD, held-out errors as noisy as they are large.
+    """Draws as on a dim image: the network's own gain off by OWN_GAIN_SD, held-out errors with noise 0.6 of their size.
     The held-out gain alone is then noisier than the own (its floor at one standard error biases it), and
     sampler_gain, which weighs the two, has the smaller error of the three, and no bias (the posterior mean)."""
     rng = np.random.default_rng(0)
@@ -105,7 +105,6 @@ def test_on_dim_images_the_sampler_gain_beats_both_the_held_out_and_the_own_gain
         own, slope = 30.0, float(np.clip(rng.normal(*GAIN_SLOPE_PRIOR), 0, 1))
         true = own * math.exp(rng.normal(0, OWN_GAIN_SD))
         held_out = HeldOutGain(held_out_points(true, slope, 0.6, rng, typical=own), 0.95)
-        assert not held_out.resolved or held_out.points[0][2] >= 4 * held_out.points[0][3]
         errors["used"].append(math.log(sampler_gain(held_out, own) / true))
         errors["held_out"].append(math.log(held_out.gain / true))
         errors["own"].append(math.log(own / true))

@@ -142,8 +142,8 @@ def sampler_gain(held_out: HeldOutGain, own: float) -> float:
     ``exp(OWN_GAIN_SD)`` from image to image; on a dim image the held-out errors are noisier than
     that and only move it (:func:`photongap.posterior.gain_given_prior`). Across the planes of
     a z-stack and a time-lapse at 0.1 photons/px this roughly halved the scatter of the gain
-    against the truth (log standard deviation 0.25-0.47 to 0.10-0.29 per data set and draw;
-    the throwaway script of :data:`GAIN_RESOLVED_SD`).
+    against the truth (log standard deviation 0.25-0.47 to 0.10-0.29 per data set and draw, three
+    draws; a throwaway script running both rules on benchmarks/bench_gain.py's images).
     """
     if held_out.resolved:
         return held_out.gain
