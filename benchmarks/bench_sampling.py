@@ -52,7 +52,9 @@ pixels, the next 40%, 9% and the brightest 1%) and how the error is spread there
 (:func:`error_in_spreads`: ``error_to_spread_by_brightness``, 1 where the samples' variance
 matches the squared error; ``z2_median_by_brightness`` and ``beyond_3sd_by_brightness``, about
 0.48 and 0.9% for Gaussian posteriors, less and more where the error is in a few pixels), and each image's pooled check sums
-(``gt_free_check_binned_per_image``, to read the check other ways offline).
+(``gt_free_check_binned_per_image``, to read the check other ways offline). One generator of
+``--seed`` draws the images' noise, the truth's rank ties and those of the check's samples, in
+turn: runs with another ``CHECK_SPLITS`` or ``--images`` see other noise from the second image on.
 
 (``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
 
