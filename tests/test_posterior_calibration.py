@@ -91,6 +91,10 @@ def test_a_prior_gain_follows_precise_held_out_errors_and_stays_where_they_are_n
     # above the prior, but stays finite, where their ratio S / E would be infinite or negative.
     lost = tuple((q, S, -0.5 * s, s) for q, S, _, s in held_out_points(5.0, 0.75, 1.0))
     assert 5.0 < gain_given_prior(lost, 0.95, prior=5.0) < 5.0 * math.exp(3 * OWN_GAIN_SD)
+    # An error a hair above zero says no more than one a little larger: its huge ratio S / E must not
+    # stretch the grid until it is too coarse to resolve the posterior (it did: 1.9% off at 1e-300).
+    hair, small = (tuple((q, S, error, s) for q, S, _, s in lost) for error in (1e-300, 1e-30))
+    assert gain_given_prior(hair, 0.95, prior=5.0) == pytest.approx(gain_given_prior(small, 0.95, prior=5.0), rel=1e-3)
     with pytest.raises(ValueError, match="positive prior"):
         gain_given_prior(precise, 0.95, prior=0.0)
 

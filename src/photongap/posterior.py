@@ -301,7 +301,7 @@ def gain_given_prior(
     if not points or any(not (0 < q and S > 0 and s > 0) for q, S, _, s in points) or not (level > 0 and prior > 0 and prior_sd > 0):
         raise ValueError(f"gain_given_prior needs levels q > 0, photons and standard errors > 0 and a positive prior, got {points}, {prior}")
     centre = math.log(prior)
-    ratios = [math.log(S / E * (q / level) ** slope_prior[0]) for q, S, E, _ in points if E > 0]
+    ratios = [math.log(S / E * (q / level) ** slope_prior[0]) for q, S, E, s in points if E > s]  # where the errors could pull it far
     low, high = min([centre - 6 * prior_sd, *ratios]), max([centre + 6 * prior_sd, *ratios])
     log_gain = torch.linspace(low - 1, high + 1, 1201, dtype=torch.float64)
     slope = torch.linspace(0, 1, 21, dtype=torch.float64)[:, None]
