@@ -166,6 +166,10 @@ def test_the_sample_command_checks_a_3d_model_volume_by_volume(tmp_path):
     assert "check stack.tif volume (0,): the samples' central 80% would hold" in result.output
     assert "check stack.tif volume (1,):" in result.output
     assert "check all 2 volumes pooled:" in result.output
+    # Progress bars count the volumes sampled and checked (not the steps of one volume).
+    lines = result.output.splitlines()
+    assert any(line.startswith("sampling stack.tif") and " 2/2 " in line for line in lines), result.output
+    assert any(line.startswith("checking stack.tif") and " 2/2 2 splits each" in line for line in lines), result.output
     model = GapModel.load(tmp_path / "model.pt")
     checks = [check_calibration(model, volume, 4, splits=2, gain=4.0, device="cpu") for volume in counts]
     assert all(check.splits == 2 for check in checks)

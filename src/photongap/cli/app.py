@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -106,23 +106,37 @@ def beta_max_default(schedule: schedules.PhotonSchedule) -> str:
     return "none" if schedule.beta_max is None else f"{schedule.beta_max:g}"
 
 
+class SamplingBar(NamedTuple):
+    """The callbacks of :func:`sampling_progress`: ``on_step`` for the sampler, ``on_plane`` for :func:`photongap.pipeline.sample_file`."""
+
+    on_step: Callable[[Any], None]
+    on_plane: Callable[[Any], None]
+
+
 @contextlib.contextmanager
-def sampling_progress(label: str, target_psnr: float | None, recorder: Any = None) -> Iterator[Callable[[Any], None]]:
-    """A progress bar over sampling steps showing photons per pixel; yields the ``on_step`` callback.
+def sampling_progress(label: str, target_psnr: float | None, recorder: Any = None, planes: int | None = None) -> Iterator[SamplingBar]:
+    """A progress bar over the ``planes`` (volumes) being sampled, or without them over the sampling steps (generation), showing photons per pixel.
 
     With a :class:`~photongap.movie.MovieRecorder`, each step is also filmed.
     """
     with progress_bar() as progress:
-        task = progress.add_task(label, total=None, status="")
+        task = progress.add_task(label, total=planes, status="")
+        started = [0]
 
         def on_step(state: Any) -> None:
             level = float(state.photons_per_pixel.min())
             goal = f" / {10 ** (target_psnr / 10):.3g}" if target_psnr is not None else ""
-            progress.update(task, completed=state.step, status=f"{level:.3g}{goal} photons/px")
+            progress.update(task, completed=state.step if planes is None else None, status=f"{level:.3g}{goal} photons/px")
             if recorder is not None:
                 recorder(state)
 
-        yield on_step
+        def on_plane(index: Any) -> None:
+            progress.update(task, completed=started[0], status="")
+            started[0] += 1
+
+        yield SamplingBar(on_step, on_plane)
+        if planes is not None:
+            progress.update(task, completed=planes, status="done")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:

@@ -223,7 +223,8 @@ def sample(
     recorder = MovieRecorder() if movie else None
     checks = []
     for number, (image, outputs) in enumerate(zip(images, targets)):
-        with sampling_progress(f"sampling {image.path.name}", target_psnr, recorder if number == 0 else None) as on_step:
+        units = units_of(network, image)
+        with sampling_progress(f"sampling {image.path.name}", target_psnr, recorder if number == 0 else None, planes=len(units)) as bar:
             sampled = sample_file(
                 network,
                 image,
@@ -232,19 +233,24 @@ def sample(
                 camera=camera,
                 output_units=output_units.value,
                 overwrite=overwrite,
-                on_step=on_step,
+                on_step=bar.on_step,
+                on_plane=bar.on_plane,
                 **options,
                 **common,
             )
         console.print(f"[green]{sampled.summary(image.path.name, n)}[/]")
         if (note := sampled.note(image.path.name)) is not None:
             console.print(f"[yellow]{note}[/]")
-        for index, unit in units_of(network, image) if check else ():
-            result = check_calibration(network, CountsView(unit, camera, str(image.path))[(slice(None),) * unit.ndim], max(n, 4), splits=check_splits, **options, **common)
-            position = tuple(key for key in index if not isinstance(key, slice))
-            where = f" {'volume' if network.config.dims == 3 else 'plane'} {position}" if position else ""
-            console.print(result.summary(f"{image.path.name}{where}"))
-            checks.append((f"{image.path.name}{where}", result))
+        if check:
+            with progress_bar() as progress:
+                task = progress.add_task(f"checking {image.path.name}", total=len(units), status=f"{check_splits} splits each")
+                for index, unit in units:
+                    result = check_calibration(network, CountsView(unit, camera, str(image.path))[(slice(None),) * unit.ndim], max(n, 4), splits=check_splits, **options, **common)
+                    position = tuple(key for key in index if not isinstance(key, slice))
+                    where = f" {'volume' if network.config.dims == 3 else 'plane'} {position}" if position else ""
+                    progress.console.print(result.summary(f"{image.path.name}{where}"))
+                    checks.append((f"{image.path.name}{where}", result))
+                    progress.advance(task)
     what = "volumes" if network.config.dims == 3 else "images" if len(checks) == len(paths) else "planes"
     if (pooled := pooled_check(checks, what)) is not None:
         console.print(pooled[1].summary(pooled[0]))
@@ -286,10 +292,10 @@ def generate(
     schedule = schedule_from_options(beta, beta_max, dispersion)
     network = load(model)
     recorder = MovieRecorder() if movie else None
-    with sampling_progress("generating", target_psnr, recorder) as on_step:
+    with sampling_progress("generating", target_psnr, recorder) as bar:
         shape = (depth, *size) if network.config.dims == 3 else size
         result = network.generate(
-            n, shape, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=on_step
+            n, shape, target_psnr=target_psnr, schedule=schedule, seed=seed, batch_size=batch_size, device=device.value, precision=precision.value, on_step=bar.on_step
         )
     axes = "TZYX" if network.config.dims == 3 else "TYX"
     path = write_image(target, result.samples, axes, description=f"photongap generation, {n} images, first axis: images", overwrite=overwrite)
