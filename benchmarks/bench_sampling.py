@@ -43,7 +43,7 @@ each an image, the held-out ones cropped to 256 px, see ``common.ground_truth``;
 models with ``benchmarks/common.py nuclei|timelapse LEVEL``.)
 
 There the check runs as ``photongap sample --check`` does (``CHECK_SPLITS`` splits of each
-image), image by image and pooled over all the images (``gt_free_check_pooled``), each beside
+image, ``--check-splits``), image by image and pooled over all the images (``gt_free_check_pooled``), each beside
 the ground-truth coverage of its samples; the pooled check also bin by bin (``..._per_bin``, as
 ``photongap sample --check-plot`` draws it) beside the truth's coverage and error-to-spread
 ratio in the same bins. Also the truth's coverage and mean rank within brightness classes of
@@ -54,7 +54,7 @@ matches the squared error; ``z2_median_by_brightness`` and ``beyond_3sd_by_brigh
 0.48 and 0.9% for Gaussian posteriors, less and more where the error is in a few pixels), and each image's pooled check sums
 (``gt_free_check_binned_per_image``, to read the check other ways offline). One generator of
 ``--seed`` draws the images' noise, the truth's rank ties and those of the check's samples, in
-turn: runs with another ``CHECK_SPLITS`` or ``--images`` see other noise from the second image on.
+turn: runs with another ``--check-splits`` or ``--images`` see other noise from the second image on.
 
 (``--data hubble`` reads ``--hubble``, by default benchmarks/data/hubble_deep_field.npz, see make_hubble.py there: the test tiles ``test_*`` as ground truth.)
 
@@ -287,7 +287,7 @@ def error_in_spreads(samples: np.ndarray, truth: np.ndarray, mmse: np.ndarray) -
     return [np.stack([error[classes == k], spread[classes == k]]) for k in range(len(BRIGHTNESS_CLASSES) + 1)]
 
 
-def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int) -> dict:
+def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarray], level: float, n: int, seed: int, splits: int = CHECK_SPLITS) -> dict:
     """Ground-truth and ground-truth-free figures of one sampler on noisy copies of ``clean_images`` at ``level``."""
     rng = np.random.default_rng(seed)
     checks, truth_bins, bin_rng, binned = [], np.zeros((CHECK_BINS, 4)), np.random.default_rng(seed + 1), []
@@ -316,9 +316,9 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
         rows["gain_calls"].append(posterior.gain_calls)
         rows["gain"].append(posterior.gain if posterior.gain is not None else math.nan)
         # The ground-truth-free check, as photongap.posterior_check.check_calibration runs it
-        # (CHECK_SPLITS splits, each sampled), with its samples kept to compare with the truth.
+        # (``splits`` splits, each sampled), with its samples kept to compare with the truth.
         split_checks, truth_coverage = [], []
-        for split_seed in range(seed + 100 + index, seed + 100 + index + CHECK_SPLITS):
+        for split_seed in range(seed + 100 + index, seed + 100 + index + splits):
             split = split_counts(torch.from_numpy(counts)[None, None], torch.tensor([CHECK_FRACTION]), torch.Generator().manual_seed(split_seed))
             kept, held_out = split.input_counts[0, 0].numpy(), split.target_counts[0, 0].numpy()
             check_samples = model.sample(kept, n, seed=split_seed, device="cpu", **options).samples
@@ -371,10 +371,11 @@ def main_data(args: argparse.Namespace) -> None:
         options = dict(SAMPLERS[name])
         if options.get("gain") == "training":
             options["gain"] = training_gain(model, training_images(args.data, Path(args.hubble), args.level))
-        results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=args.seed)}
+        results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=args.seed, splits=args.check_splits)}
         print(name, results["samplers"][name], flush=True)
-    results["seed"] = args.seed
-    report(f"sampling_{args.data}_{args.level:g}" + (f"_seed{args.seed}" if args.seed != 7 else ""), results)
+    results["seed"], results["check_splits"] = args.seed, args.check_splits
+    setup = f"_images{args.images}_splits{args.check_splits}" if args.check_splits != CHECK_SPLITS else ""
+    report(f"sampling_{args.data}_{args.level:g}" + setup + (f"_seed{args.seed}" if args.seed != 7 else ""), results)
 
 
 def main() -> None:
@@ -388,6 +389,7 @@ def main() -> None:
     parser.add_argument("--level", type=float, default=1.0, help="photons per pixel of the noisy test images")
     parser.add_argument("--images", type=int, help="test images used (default 2 of the 8 demo ones; with --data 3, evenly spaced)")
     parser.add_argument("-n", type=int, default=16, help="samples per image")
+    parser.add_argument("--check-splits", type=int, default=CHECK_SPLITS, help="with --data: held-out splits of each image the check pools (photongap sample --check-splits)")
     parser.add_argument("--seed", type=int, default=7, help="with --data: the noise, samples and splits (other seeds: other Poisson draws of the same images)")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--target-psnr", type=float, default=20.0, help="stopping level in dB (the published loop's: 20)")
