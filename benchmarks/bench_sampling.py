@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import DATA_SETS, HUBBLE, OUTPUT, ContiguousModel, demo_split, ground_truth, report
+from common import DATA_SETS, HUBBLE, OUTPUT, PLANE_CROP, ContiguousModel, demo_split, ground_truth, report
 from photongap.errors import PhotongapError
 from photongap.model import GapModel
 from photongap.physics import split_counts
@@ -221,9 +221,9 @@ def training_images(data: str, hubble: Path, level: float, seed: int = 0) -> lis
     return [simulate_counts(image, level, rng) for image in ground_truth(data, hubble)[0]]
 
 
-def test_images(data: str, hubble: Path, count: int) -> list[np.ndarray]:
-    """``count`` held-out clean images, evenly spaced over the set (demo: 0, 4, 7; hubble: 0, 2, 3 for 3)."""
-    images = ground_truth(data, hubble)[1]
+def test_images(data: str, hubble: Path, count: int, whole: bool = False) -> list[np.ndarray]:
+    """``count`` held-out clean images, evenly spaced over the set (demo: 0, 4, 7; hubble: 0, 2, 3 for 3); ``whole``: stacks' planes uncropped."""
+    images = ground_truth(data, hubble, crop=None if whole else PLANE_CROP)[1]
     picks = np.linspace(0, len(images) - 1, count).round().astype(int)
     return [images[i] for i in picks]
 
@@ -362,7 +362,7 @@ def evaluate_sampler(model: GapModel, options: dict, clean_images: list[np.ndarr
 def main_data(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model = GapModel.load(args.model)
-    clean_images = test_images(args.data, Path(args.hubble), args.images)
+    clean_images = test_images(args.data, Path(args.hubble), args.images, args.whole_planes)
     results: dict = {
         "model": args.model, "data": args.data, "level": args.level, "n": args.n, "images": args.images,
         "trained_range": model.trained_range(), "threads": torch.get_num_threads(), "samplers": {},
@@ -373,8 +373,9 @@ def main_data(args: argparse.Namespace) -> None:
             options["gain"] = training_gain(model, training_images(args.data, Path(args.hubble), args.level))
         results["samplers"][name] = {"options": {key: str(value) for key, value in options.items()}, **evaluate_sampler(model, options, clean_images, args.level, args.n, seed=args.seed, splits=args.check_splits)}
         print(name, results["samplers"][name], flush=True)
-    results["seed"], results["check_splits"] = args.seed, args.check_splits
+    results["seed"], results["check_splits"], results["whole_planes"] = args.seed, args.check_splits, args.whole_planes
     setup = f"_images{args.images}_splits{args.check_splits}" if args.check_splits != CHECK_SPLITS else ""
+    setup += f"_whole{args.images}" if args.whole_planes else ""
     report(f"sampling_{args.data}_{args.level:g}" + setup + (f"_seed{args.seed}" if args.seed != 7 else ""), results)
 
 
@@ -390,6 +391,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="test images used (default 2 of the 8 demo ones; with --data 3, evenly spaced)")
     parser.add_argument("-n", type=int, default=16, help="samples per image")
     parser.add_argument("--check-splits", type=int, default=CHECK_SPLITS, help="with --data: held-out splits of each image the check pools (photongap sample --check-splits)")
+    parser.add_argument("--whole-planes", action="store_true", help="with --data nuclei|timelapse: the held-out planes whole (the time-lapse's 511 px frames), not their central 256 px")
     parser.add_argument("--seed", type=int, default=7, help="with --data: the noise, samples and splits (other seeds: other Poisson draws of the same images)")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--target-psnr", type=float, default=20.0, help="stopping level in dB (the published loop's: 20)")

@@ -101,12 +101,12 @@ def napari_stack(name: str) -> np.ndarray:
     return tifffile.imread(path).astype(np.float32)
 
 
-def ground_truth(name: str, hubble: Path = HUBBLE) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def ground_truth(name: str, hubble: Path = HUBBLE, crop: int | None = PLANE_CROP) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``(train, test)`` clean 2D images of a data set of :data:`DATA_SETS`.
 
     ``demo``: the embedded sample; ``hubble``: the ``train_*`` and ``test_*`` images of ``hubble`` (default :data:`HUBBLE`); ``nuclei``, ``timelapse``: the
     planes of a stack of :func:`napari_stack`, the held-out ones at the end cropped to their
-    central :data:`PLANE_CROP` px (each plane an image, as a 2D model sees it).
+    central ``crop`` px (each plane an image, as a 2D model sees it; ``crop=None``: whole).
     """
     from photongap.sample_data import load_sample_data
 
@@ -115,8 +115,9 @@ def ground_truth(name: str, hubble: Path = HUBBLE) -> tuple[list[np.ndarray], li
         return data.train, data.test
     if name in STACKS:
         planes, held_out = napari_stack(name), STACKS[name][1]
-        top, left = ((size - PLANE_CROP) // 2 for size in planes.shape[1:])
-        return list(planes[:-held_out]), [plane[top : top + PLANE_CROP, left : left + PLANE_CROP] for plane in planes[-held_out:]]
+        side = crop or max(planes.shape[1:])
+        top, left = (max(size - side, 0) // 2 for size in planes.shape[1:])
+        return list(planes[:-held_out]), [plane[top : top + side, left : left + side] for plane in planes[-held_out:]]
     arrays = dict(np.load(hubble))
     return [[arrays[key].astype(np.float32) for key in sorted(arrays) if key.startswith(prefix)] for prefix in ("train_", "test_")]
 
